@@ -1,0 +1,1 @@
+"""OMS, the Output Management System: document requests in, Thunderhead jobs out."""

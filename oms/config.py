@@ -1,0 +1,148 @@
+"""Settings: ``config.toml`` holds every default; ``OMS_SECTION__KEY`` overrides one key.
+
+The TOML is decoded into a tree of frozen msgspec Structs in one call. Overrides
+from the environment are applied to the raw tree before decoding, so a bad value
+from either place fails the same way: with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from oms import exceptions
+
+ENV_PREFIX = "OMS_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout_s: float = 10.0
+
+
+class DatabaseSettings(_Section):
+    dsn: str = ""
+    data_dir: str = "var/pgdata"
+    embedded_port: int = 0
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    connect_timeout_s: float = 5.0
+    command_timeout_s: float = 10.0
+
+
+class IntakeSettings(_Section):
+    max_body_bytes: int = 262_144
+    max_batch_body_bytes: int = 10_485_760
+    max_data_bytes: int = 65_536
+    max_batch_items: int = 1_000
+    group_commit: bool = True
+    commit_max_rows: int = 1_000
+    commit_writers: int = 2
+    idempotency_ttl_s: float = 86_400.0
+    idempotency_purge_interval_s: float = 300.0
+    page_size_default: int = 50
+    page_size_max: int = 200
+    requested_queue_capacity: int = 10_000
+    api_key_cache_ttl_s: float = 30.0
+
+
+class RefDataSettings(_Section):
+    base_url: str = ""
+    timeout_s: float = 2.0
+    ttl_s: float = 60.0
+    revalidate_window_s: float = 600.0
+
+
+class EventsSettings(_Section):
+    source: str = "/oms"
+    topic_requested: str = "oms.document.requested"
+    topic_submitted: str = "oms.document.submitted"
+    topic_status: str = "oms.document.status"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    intake: IntakeSettings = IntakeSettings()
+    refdata: RefDataSettings = RefDataSettings()
+    events: EventsSettings = EventsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def embedded(self) -> bool:
+        """True when OMS runs its own database: the single-machine default."""
+        return not self.database.dsn
+
+
+_AT_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (default: the repo's config.toml), apply overrides, validate."""
+    path = path or DEFAULT_CONFIG_PATH
+    environ = os.environ if environ is None else environ
+    try:
+        raw = msgspec.toml.decode(path.read_bytes()) if path.exists() else {}
+    except msgspec.DecodeError as exc:
+        raise exceptions.ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            _apply_override(raw, name, value)
+    return _convert(raw, strict=True)
+
+
+def _apply_override(raw: dict[str, Any], env_name: str, value: str) -> None:
+    parts = [p.lower() for p in env_name.removeprefix(ENV_PREFIX).split("__")]
+    if len(parts) != 2 or not all(parts):
+        raise exceptions.ConfigError(env_name, "expected OMS_<SECTION>__<KEY>")
+    section, key = parts
+    section_field = _field(Settings, section)
+    if section_field is None:
+        raise exceptions.ConfigError(env_name, f"unknown section {section!r}")
+    key_field = _field(section_field.type, key)
+    if key_field is None:
+        raise exceptions.ConfigError(env_name, f"unknown key {section}.{key}")
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise exceptions.ConfigError(section, "must be a table")
+    # Environment values are strings: decode them leniently ("8081" -> 8081) by
+    # converting this one key now, so its error names the variable.
+    try:
+        target[key] = msgspec.convert(value, key_field.type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise exceptions.ConfigError(env_name, str(exc).split(" - at ")[0]) from exc
+
+
+def _field(struct_type: Any, name: str) -> msgspec.structs.FieldInfo | None:
+    return next((f for f in msgspec.structs.fields(struct_type) if f.name == name), None)
+
+
+def _convert(raw: dict[str, Any], *, strict: bool) -> Settings:
+    try:
+        return msgspec.convert(raw, Settings, strict=strict)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        at = _AT_PATH.search(message)
+        key = at.group(1) if at else ""
+        unknown = _UNKNOWN_FIELD.search(message)
+        if unknown:
+            key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+            raise exceptions.ConfigError(key, "unknown key") from exc
+        raise exceptions.ConfigError(key or "<root>", message.split(" - at ")[0]) from exc

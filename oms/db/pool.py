@@ -1,0 +1,43 @@
+"""The asyncpg pool: one per process, with jsonb passed through as raw bytes."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from oms import config
+
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: object) -> bytes:
+    # Bytes are JSON already (request data kept as msgspec.Raw): no re-encoding.
+    raw = value if isinstance(value, bytes | bytearray | memoryview) else msgspec.json.encode(value)
+    return _JSONB_VERSION + bytes(raw)
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return msgspec.json.decode(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+
+
+async def create_pool(dsn: str, settings: config.DatabaseSettings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_s,
+        command_timeout=settings.command_timeout_s,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool

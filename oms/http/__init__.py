@@ -1,0 +1,1 @@
+"""HTTP: intake API, health, metrics and OpenAPI (admin comes later)."""

@@ -1,0 +1,347 @@
+"""The intake API under /v1: submit, batch, read, list, cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from oms import config, domain, exceptions, metrics
+from oms.http import auth, problems
+from oms.http.routes import QueryParam, RouteSpec
+from oms.intake import service as intake_service
+from oms.intake.service import IntakeService
+from oms.store import documents
+
+INTAKE = web.AppKey("intake", IntakeService)
+POOL = web.AppKey("pool", asyncpg.Pool)
+SETTINGS = web.AppKey("settings", config.Settings)
+
+_request_decoder = msgspec.json.Decoder(domain.DocumentRequest)
+_batch_decoder = msgspec.json.Decoder(domain.BatchRequest)
+_cursor_decoder = msgspec.json.Decoder(documents.Cursor)
+_encoder = msgspec.json.Encoder()
+_IDEMPOTENCY_KEY = re.compile(r'^"?([\x21-\x7e]{1,255}?)"?$')
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def json_response(
+    value: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=_encoder.encode(value), content_type="application/json", headers=headers
+    )
+
+
+def trace_id(request: web.Request) -> str:
+    """The W3C trace id from ``traceparent`` when the caller sent one, else a new one."""
+    match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
+    return match.group(1) if match else uuid.uuid4().hex
+
+
+async def read_json_body(request: web.Request, limit: int) -> bytes:
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise exceptions.UnsupportedMediaType()
+    if request.content_length is not None and request.content_length > limit:
+        raise exceptions.PayloadTooLarge(f"the body may be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise exceptions.PayloadTooLarge(f"the body may be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_error(exc: msgspec.DecodeError) -> problems.Problem:
+    """A msgspec error as a problem: 422 naming the field, or 400 for broken JSON."""
+    message = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        detail, _, where = message.partition(" - at `")
+        where = where.rstrip("`")
+        unknown = re.search(r"unknown field `([^`]*)`", detail)
+        if unknown:
+            where = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        missing = re.search(r"missing required field `([^`]*)`", detail)
+        if missing:
+            where = f"{where}.{missing.group(1)}" if where else missing.group(1)
+        return problems.build(
+            problems.INVALID,
+            message,
+            errors=[problems.FieldError(problems.pointer(where or "$"), detail)],
+        )
+    return problems.build(problems.MALFORMED, message)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return None
+    match = _IDEMPOTENCY_KEY.match(header.strip())
+    if not match:
+        raise exceptions.InvalidHeader("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return match.group(1)
+
+
+def _document_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["document_id"])
+    except ValueError as exc:
+        raise exceptions.DocumentNotFound() from exc
+
+
+def _rejected(problem: problems.Problem) -> None:
+    metrics.DOCUMENTS_REJECTED.labels(problem.type.rsplit(":", 1)[-1]).inc()
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def create_document(request: web.Request) -> web.Response:
+    principal = request[auth.PRINCIPAL]
+    settings = request.app[SETTINGS].intake
+    key = _idempotency_key(request)
+    body = await read_json_body(request, settings.max_body_bytes)
+    try:
+        document_request = _request_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        problem = decode_error(exc)
+        _rejected(problem)
+        return problems.response(problem)
+    outcome = await request.app[INTAKE].submit(
+        principal.source_system, document_request, body, trace_id(request), key
+    )
+    if isinstance(outcome, intake_service.Replay):
+        accepted = msgspec.json.decode(outcome.body, type=domain.Accepted)
+        return web.Response(
+            status=outcome.status,
+            body=outcome.body,
+            content_type="application/json",
+            headers={"Location": accepted.links.self, "Idempotent-Replayed": "true"},
+        )
+    return json_response(outcome, 202, {"Location": outcome.links.self})
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    principal = request[auth.PRINCIPAL]
+    settings = request.app[SETTINGS].intake
+    if "Idempotency-Key" in request.headers:
+        raise exceptions.InvalidHeader(
+            "Idempotency-Key is not supported on batches: each item's client_reference "
+            "already makes a retried batch safe"
+        )
+    body = await read_json_body(request, settings.max_batch_body_bytes)
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        return problems.response(decode_error(exc))
+    if not batch.documents:
+        raise exceptions.InvalidRequest("documents", "must hold at least one item")
+    if len(batch.documents) > settings.max_batch_items:
+        raise exceptions.InvalidRequest(
+            "documents",
+            f"holds {len(batch.documents)} items; at most {settings.max_batch_items} are accepted",
+            code="too_many",
+        )
+    decoded: list[domain.DocumentRequest | problems.Problem] = []
+    for raw in batch.documents:
+        try:
+            decoded.append(_request_decoder.decode(raw))
+        except msgspec.DecodeError as exc:
+            decoded.append(decode_error(exc))
+    valid = [d for d in decoded if isinstance(d, domain.DocumentRequest)]
+    stored = iter(
+        await request.app[INTAKE].submit_many(principal.source_system, valid, trace_id(request))
+    )
+    results: list[domain.BatchItemResult] = []
+    for index, item in enumerate(decoded):
+        outcome = next(stored) if isinstance(item, domain.DocumentRequest) else item
+        if isinstance(outcome, domain.Accepted):
+            results.append(domain.BatchItemResult(index, 202, document=outcome))
+            continue
+        problem = (
+            outcome if isinstance(outcome, problems.Problem) else problems.from_exception(outcome)
+        )
+        _rejected(problem)
+        results.append(
+            domain.BatchItemResult(index, problem.status, problem=msgspec.to_builtins(problem))
+        )
+    accepted = sum(1 for r in results if r.document is not None)
+    return json_response(domain.BatchResult(accepted, len(results) - accepted, results))
+
+
+async def get_document(request: web.Request) -> web.Response:
+    principal = request[auth.PRINCIPAL]
+    document_id = _document_id(request)
+    async with request.app[POOL].acquire() as conn:
+        document = await documents.get(conn, document_id, principal.source_system)
+    if document is None:
+        raise exceptions.DocumentNotFound()
+    return json_response(msgspec.structs.replace(document, links=intake_service.links(document.id)))
+
+
+def encode_cursor(cursor: documents.Cursor) -> str:
+    return base64.urlsafe_b64encode(_encoder.encode(cursor)).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> documents.Cursor:
+    try:
+        return _cursor_decoder.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        raise exceptions.InvalidQuery("cursor is not one this API issued") from exc
+
+
+def _query_time(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise exceptions.InvalidQuery(f"{name} must be an ISO 8601 date-time") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    principal = request[auth.PRINCIPAL]
+    settings = request.app[SETTINGS].intake
+    query = request.query
+    try:
+        status = domain.Status(query["status"]) if "status" in query else None
+    except ValueError as exc:
+        raise exceptions.InvalidQuery(
+            f"status must be one of {', '.join(s.value for s in domain.Status)}"
+        ) from exc
+    try:
+        limit = int(query.get("limit", settings.page_size_default))
+    except ValueError as exc:
+        raise exceptions.InvalidQuery("limit must be an integer") from exc
+    if not 1 <= limit <= settings.page_size_max:
+        raise exceptions.InvalidQuery(f"limit must be between 1 and {settings.page_size_max}")
+    where = documents.ListFilter(
+        source_system=principal.source_system,
+        status=status,
+        client_reference=query.get("client_reference"),
+        created_after=_query_time(request, "created_after"),
+        created_before=_query_time(request, "created_before"),
+    )
+    after = decode_cursor(query["cursor"]) if "cursor" in query else None
+    async with request.app[POOL].acquire() as conn:
+        page, next_cursor = await documents.list_page(conn, where, after, limit)
+    items = [msgspec.structs.replace(d, links=intake_service.links(d.id)) for d in page]
+    return json_response(
+        domain.DocumentPage(items, encode_cursor(next_cursor) if next_cursor else None)
+    )
+
+
+async def cancel_document(request: web.Request) -> web.Response:
+    principal = request[auth.PRINCIPAL]
+    document_id = _document_id(request)
+    topics = request.app[INTAKE].topics
+    async with request.app[POOL].acquire() as conn:
+        result = await documents.cancel(
+            conn,
+            document_id,
+            principal.source_system,
+            f"source:{principal.source_system}",
+            topics,
+            datetime.now(UTC),
+        )
+        if result is None:
+            raise exceptions.DocumentNotFound()
+        if not result.changed and result.status is not domain.Status.CANCELLED:
+            raise exceptions.CancelRejected(result.status.value)
+        document = await documents.get(conn, document_id, principal.source_system)
+    assert document is not None
+    return json_response(msgspec.structs.replace(document, links=intake_service.links(document_id)))
+
+
+# --- the routes, for registration and OpenAPI --------------------------------------------------
+
+_COMMON = (problems.UNAUTHORIZED, problems.FORBIDDEN, problems.DATABASE_UNAVAILABLE)
+_BODY = (problems.MALFORMED, problems.TOO_LARGE, problems.UNSUPPORTED_MEDIA, problems.INVALID)
+_STR = {"type": "string"}
+
+ROUTES = [
+    RouteSpec(
+        method="POST",
+        path="/v1/documents",
+        handler=create_document,
+        summary="Request a document",
+        request_body=domain.DocumentRequest,
+        responses={202: domain.Accepted},
+        problems=(
+            *_COMMON,
+            *_BODY,
+            problems.BAD_HEADER,
+            problems.UNKNOWN_REFERENCE,
+            problems.DUPLICATE_REFERENCE,
+            problems.IDEMPOTENCY_IN_FLIGHT,
+            problems.IDEMPOTENCY_REUSED,
+            problems.REFDATA_UNAVAILABLE,
+            problems.OVERLOADED,
+        ),
+        headers=(
+            QueryParam(
+                "Idempotency-Key",
+                {"type": "string", "maxLength": 255},
+                "Replays answer the first request's response for 24 hours (configurable).",
+            ),
+        ),
+    ),
+    RouteSpec(
+        method="POST",
+        path="/v1/documents/batch",
+        handler=create_batch,
+        summary="Request up to 1,000 documents, with one result per item",
+        request_body=domain.BatchRequest,
+        responses={200: domain.BatchResult},
+        problems=(
+            *_COMMON,
+            *_BODY,
+            problems.BAD_HEADER,
+            problems.REFDATA_UNAVAILABLE,
+            problems.OVERLOADED,
+        ),
+    ),
+    RouteSpec(
+        method="GET",
+        path="/v1/documents",
+        handler=list_documents,
+        summary="List this source system's documents, newest first",
+        responses={200: domain.DocumentPage},
+        problems=(*_COMMON, problems.BAD_QUERY),
+        query=(
+            QueryParam("status", {"type": "string", "enum": [s.value for s in domain.Status]}),
+            QueryParam("client_reference", _STR),
+            QueryParam("created_after", {"type": "string", "format": "date-time"}),
+            QueryParam("created_before", {"type": "string", "format": "date-time"}),
+            QueryParam("cursor", _STR, "next_cursor of the previous page"),
+            QueryParam("limit", {"type": "integer", "minimum": 1}),
+        ),
+    ),
+    RouteSpec(
+        method="GET",
+        path="/v1/documents/{document_id}",
+        handler=get_document,
+        summary="A document's status, timeline, Thunderhead job and errors",
+        responses={200: domain.Document},
+        problems=(*_COMMON, problems.NOT_FOUND),
+    ),
+    RouteSpec(
+        method="POST",
+        path="/v1/documents/{document_id}/cancel",
+        handler=cancel_document,
+        summary="Cancel a document Thunderhead does not have yet",
+        responses={200: domain.Document},
+        problems=(*_COMMON, problems.NOT_FOUND, problems.CANCEL_REJECTED),
+    ),
+]

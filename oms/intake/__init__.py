@@ -1,0 +1,1 @@
+"""Intake: validate a request, store it (group-committed), hand it to processing."""

@@ -1,0 +1,211 @@
+"""The intake use case: from a decoded request to a stored document or a replay.
+
+Web-free: the HTTP layer decodes, authenticates and maps the outcome to a response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+import msgspec
+
+from oms import config, domain, exceptions, metrics
+from oms.intake import validation
+from oms.intake.writer import DocumentWriter
+from oms.refdata import RefDataClient
+from oms.store import documents
+
+
+class Replay(msgspec.Struct, frozen=True):
+    """The stored first answer to a request with the same Idempotency-Key and body."""
+
+    status: int
+    body: bytes
+
+
+_encode = msgspec.json.encode
+
+
+def document_path(document_id: uuid.UUID) -> str:
+    return f"/v1/documents/{document_id}"
+
+
+def links(document_id: uuid.UUID) -> domain.Links:
+    path = document_path(document_id)
+    return domain.Links(self=path, cancel=f"{path}/cancel")
+
+
+class IntakeService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        writer: DocumentWriter,
+        refdata: RefDataClient,
+        settings: config.IntakeSettings,
+        topics: documents.Topics,
+    ) -> None:
+        self.topics = topics
+        self._pool = pool
+        self._writer = writer
+        self._refdata = refdata
+        self._settings = settings
+        # Keys whose first request is still being handled in this process.
+        self._in_flight: set[tuple[str, str]] = set()
+
+    async def submit(
+        self,
+        source_system: str,
+        request: domain.DocumentRequest,
+        raw_body: bytes,
+        trace_id: str,
+        idempotency_key: str | None = None,
+    ) -> domain.Accepted | Replay:
+        if idempotency_key is None:
+            return await self._submit(source_system, request, trace_id, None)
+        scope = (source_system, idempotency_key)
+        if scope in self._in_flight:
+            raise exceptions.IdempotencyKeyInFlight()
+        self._in_flight.add(scope)
+        try:
+            fingerprint = hashlib.sha256(raw_body).digest()
+            earlier = await self._earlier_answer(source_system, idempotency_key)
+            if earlier is not None:
+                return _replay_or_reject(earlier, fingerprint)
+            outcome = await self._submit(
+                source_system, request, trace_id, (idempotency_key, fingerprint)
+            )
+            if isinstance(outcome, documents.IdempotencyRecord):
+                # Another process took the key between our read and our write.
+                return _replay_or_reject(outcome, fingerprint)
+            return outcome
+        finally:
+            self._in_flight.discard(scope)
+
+    async def submit_many(
+        self, source_system: str, requests: Sequence[domain.DocumentRequest], trace_id: str
+    ) -> list[domain.Accepted | exceptions.OmsError]:
+        """Validate and store each item on its own; one bad item never fails the others.
+
+        Valid items go to the writer together, so they share transactions.
+        """
+        results: list[domain.Accepted | exceptions.OmsError | None] = [None] * len(requests)
+        pending: list[tuple[int, documents.NewDocument]] = []
+        for index, request in enumerate(requests):
+            try:
+                validation.check_shape(request, self._settings.max_data_bytes)
+                await validation.check_references(self._refdata, request)
+            except exceptions.InvalidRequest as exc:
+                results[index] = exc
+                continue
+            pending.append((index, self._new_document(source_system, request, trace_id, None)))
+
+        async def store(index: int, item: documents.NewDocument) -> None:
+            try:
+                outcome: documents.InsertOutcome | exceptions.OmsError
+                outcome = await self._writer.write(item)
+            except exceptions.OmsError as exc:
+                outcome = exc
+            results[index] = self._accepted_or_error(item, outcome)
+
+        async with anyio.create_task_group() as tg:
+            for index, item in pending:
+                tg.start_soon(store, index, item)
+        return [r for r in results if r is not None]
+
+    async def _submit(
+        self,
+        source_system: str,
+        request: domain.DocumentRequest,
+        trace_id: str,
+        idempotency: tuple[str, bytes] | None,
+    ) -> domain.Accepted | documents.IdempotencyRecord:
+        validation.check_shape(request, self._settings.max_data_bytes)
+        await validation.check_references(self._refdata, request)
+        item = self._new_document(source_system, request, trace_id, idempotency)
+        outcome = await self._writer.write(item)
+        if isinstance(outcome, documents.IdempotencyHit):
+            return outcome.record
+        result = self._accepted_or_error(item, outcome)
+        if isinstance(result, exceptions.OmsError):
+            raise result
+        return result
+
+    def _new_document(
+        self,
+        source_system: str,
+        request: domain.DocumentRequest,
+        trace_id: str,
+        idempotency: tuple[str, bytes] | None,
+    ) -> documents.NewDocument:
+        document_id = domain.uuid7()
+        now = datetime.now(UTC)
+        record = None
+        if idempotency is not None:
+            key, fingerprint = idempotency
+            answer = _accepted(document_id, request, now)
+            record = documents.IdempotencyRecord(
+                key=key,
+                request_sha256=fingerprint,
+                response_status=202,
+                response_body=_encode(answer),
+                expires_at=now + timedelta(seconds=self._settings.idempotency_ttl_s),
+            )
+        return documents.NewDocument(
+            id=document_id,
+            source_system=source_system,
+            request=request,
+            trace_id=trace_id,
+            created_at=now,
+            idempotency=record,
+        )
+
+    def _accepted_or_error(
+        self,
+        item: documents.NewDocument,
+        outcome: documents.InsertOutcome | exceptions.OmsError,
+    ) -> domain.Accepted | exceptions.OmsError:
+        match outcome:
+            case documents.Inserted():
+                metrics.DOCUMENTS_ACCEPTED.labels(item.request.priority.value).inc()
+                return _accepted(item.id, item.request, item.created_at)
+            case documents.DuplicateReference(existing_id=existing):
+                return exceptions.DuplicateClientReference(item.request.client_reference, existing)
+            case documents.IdempotencyHit():
+                # Batch items carry no key; a single request handles hits itself.
+                raise AssertionError("idempotency hit without a key")
+            case exceptions.OmsError():
+                return outcome
+
+    async def _earlier_answer(
+        self, source_system: str, key: str
+    ) -> documents.IdempotencyRecord | None:
+        try:
+            async with self._pool.acquire() as conn:
+                return await documents.find_idempotency_record(
+                    conn, source_system, key, datetime.now(UTC)
+                )
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise exceptions.DatabaseError(f"database unavailable: {exc}") from exc
+
+
+def _accepted(
+    document_id: uuid.UUID, request: domain.DocumentRequest, created_at: datetime
+) -> domain.Accepted:
+    return domain.Accepted(
+        id=document_id,
+        status=domain.Status.RECEIVED,
+        client_reference=request.client_reference,
+        created_at=created_at,
+        links=links(document_id),
+    )
+
+
+def _replay_or_reject(record: documents.IdempotencyRecord, fingerprint: bytes) -> Replay:
+    if record.request_sha256 != fingerprint:
+        raise exceptions.IdempotencyKeyReused()
+    return Replay(record.response_status, record.response_body)

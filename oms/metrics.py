@@ -1,0 +1,53 @@
+"""Prometheus metrics, created once at import with few, fixed labels."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INTAKE_REQUESTS = Counter(
+    "oms_intake_requests_total",
+    "Intake API requests by route and HTTP status.",
+    ["route", "status"],
+)
+INTAKE_LATENCY = Histogram(
+    "oms_intake_request_seconds",
+    "Intake API request latency by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DOCUMENTS_ACCEPTED = Counter(
+    "oms_documents_accepted_total", "Document requests stored by intake.", ["priority"]
+)
+DOCUMENTS_REJECTED = Counter(
+    "oms_documents_rejected_total",
+    "Document requests refused by intake, by problem type.",
+    ["problem"],
+)
+COMMIT_BATCH_SIZE = Histogram(
+    "oms_intake_commit_batch_size",
+    "Requests stored per intake transaction (group commit).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+COMMIT_SECONDS = Histogram(
+    "oms_intake_commit_seconds",
+    "Duration of one intake transaction.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+COMMIT_FAILURES = Counter(
+    "oms_intake_commit_failures_total", "Intake transactions that failed.", ["reason"]
+)
+QUEUE_DEPTH = Gauge("oms_queue_depth", "Events waiting in an in-memory queue.", ["queue"])
+QUEUE_CAPACITY = Gauge("oms_queue_capacity", "Capacity of an in-memory queue.", ["queue"])
+QUEUE_DROPPED = Counter(
+    "oms_queue_dropped_total",
+    "Events a full queue could not take (the sweeper re-feeds their documents).",
+    ["queue"],
+)
+REFDATA_CALLS = Counter(
+    "oms_refdata_calls_total",
+    "Reference Data API calls by resource and outcome.",
+    ["resource", "outcome"],
+)
+REFDATA_STALE_SERVED = Counter(
+    "oms_refdata_stale_served_total", "Reference Data answers served stale because the API failed."
+)

@@ -1,0 +1,67 @@
+"""Start OMS: ``python run.py [--config FILE]``. With no DSN configured it runs
+everything it needs itself (embedded PostgreSQL, the Reference Data simulator)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from oms import app, config, exceptions, logs
+
+
+async def main(settings: config.Settings) -> None:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def wait_for_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    stop.set()
+                    return
+
+        async def serve(*, task_status: TaskStatus[app.Started]) -> None:
+            await app.run(settings, stop, task_status=task_status)
+            tg.cancel_scope.cancel()  # shut down in full: now stop the signal listener
+
+        tg.start_soon(wait_for_signal)
+        _print_banner(await tg.start(serve))
+
+
+def _print_banner(started: app.Started) -> None:
+    lines = [f"OMS is listening on {started.base_url}", f"  database:       {started.dsn}"]
+    lines.append(f"  reference data: {started.refdata_url}")
+    if started.demo_keys:
+        lines += [
+            f"  demo source-system key (source system '{app.DEMO_SOURCE_SYSTEM}'): "
+            f"{app.DEMO_SOURCE_KEY}",
+            f"  demo admin key: {app.DEMO_ADMIN_KEY}",
+            "  (demo keys are for this embedded database only)",
+        ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: config.toml)")
+    args = parser.parse_args()
+    try:
+        settings = config.load(args.config)
+    except exceptions.ConfigError as exc:
+        print(f"oms: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.logging.level, settings.logging.format)
+    try:
+        anyio.run(main, settings)
+    except exceptions.OmsError as exc:
+        print(f"oms: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
