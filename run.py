@@ -47,7 +47,7 @@ def _print_banner(started: app.Started) -> None:
 
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: config.toml)")
+    parser.add_argument("--config", type=Path, help="TOML file (default: config.toml)")
     args = parser.parse_args()
     try:
         settings = config.load(args.config)

@@ -146,9 +146,7 @@ async def _prepare_database(pool: asyncpg.Pool, *, demo_keys: bool) -> None:
     async with pool.acquire() as conn:
         await migrate.migrate(conn)
         if demo_keys:
-            await api_keys.upsert(
-                conn, DEMO_SOURCE_KEY, DEMO_SOURCE_SYSTEM, "source", is_demo=True
-            )
+            await api_keys.upsert(conn, DEMO_SOURCE_KEY, DEMO_SOURCE_SYSTEM, "source", is_demo=True)
             await api_keys.upsert(conn, DEMO_ADMIN_KEY, "admin", "admin", is_demo=True)
         elif await api_keys.deactivate_demo_keys(conn):
             logger.warning("demo API keys found in a real database were deactivated")

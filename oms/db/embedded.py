@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from oms import exceptions
 
@@ -103,13 +104,20 @@ class EmbeddedPostgres:
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.data_dir), "status"],
             capture_output=True,
             check=False,
-            user=self._run_as,
             timeout=_PG_CTL_TIMEOUT_S,
+            **self._identity(),
         )
         if status.returncode != 0:
             return None
         lines = pid_file.read_text().splitlines()
         return int(lines[3]) if len(lines) > 3 and lines[3].strip() else None
+
+    def _identity(self) -> dict[str, Any]:
+        """Run as the server user with its own group only (not root's groups)."""
+        if self._run_as is None:
+            return {}
+        account = pwd.getpwnam(self._run_as)
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     def _prepare_filesystem(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +128,7 @@ class EmbeddedPostgres:
         # The server user must traverse every parent and own its data directory.
         for parent in self.data_dir.parents:
             mode = parent.stat().st_mode
-            if mode & 0o005 != 0o005:
+            if (mode & 0o005) != 0o005:
                 parent.chmod(mode | 0o005)
         if self.data_dir.stat().st_uid != account.pw_uid:
             shutil.chown(self.data_dir, account.pw_uid, account.pw_gid)
@@ -133,9 +141,9 @@ class EmbeddedPostgres:
             capture_output=True,
             text=True,
             check=False,
-            user=self._run_as,
             timeout=_PG_CTL_TIMEOUT_S + 30,
             cwd="/",
+            **self._identity(),
         )
         if result.returncode != 0:
             log_file = self.data_dir / "server.log"
