@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from oms import bus, config, domain
 from oms.db import embedded, migrate
-from oms.db.pool import create_pool
+from oms.db.pool import CONNECTION_ERRORS, create_pool
 from oms.http import app as http_app
 from oms.http import auth, health, intake
 from oms.intake.service import IntakeService
@@ -173,7 +173,7 @@ async def _readiness(pool: asyncpg.Pool) -> health.ReadinessReport:
             checks["migrations"] = (
                 "ok" if version == latest else f"schema at {version}, expected {latest}"
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
     if scope.cancelled_caught:
         checks["database"] = "timed out"
@@ -195,5 +195,5 @@ async def _purge_idempotency_keys(
                     )
                 if removed:
                     logger.info("expired idempotency keys purged", extra={"count": removed})
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 logger.warning("idempotency key purge failed: %s", exc)

@@ -105,7 +105,7 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
             _apply_override(raw, name, value)
-    return _convert(raw, strict=True)
+    return _convert(raw)
 
 
 def _apply_override(raw: dict[str, Any], env_name: str, value: str) -> None:
@@ -134,9 +134,9 @@ def _field(struct_type: Any, name: str) -> msgspec.structs.FieldInfo | None:
     return next((f for f in msgspec.structs.fields(struct_type) if f.name == name), None)
 
 
-def _convert(raw: dict[str, Any], *, strict: bool) -> Settings:
+def _convert(raw: dict[str, Any]) -> Settings:
     try:
-        return msgspec.convert(raw, Settings, strict=strict)
+        return msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         message = str(exc)
         at = _AT_PATH.search(message)

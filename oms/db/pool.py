@@ -9,6 +9,18 @@ from oms import config
 
 _JSONB_VERSION = b"\x01"
 
+# What "the database is unreachable" looks like from asyncpg: refused or reset
+# connections, a server shutting down or starting up, an acquire that timed out.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
 
 def _encode_jsonb(value: object) -> bytes:
     # Bytes are JSON already (request data kept as msgspec.Raw): no re-encoding.

@@ -9,6 +9,7 @@ from importlib import metadata
 from aiohttp import web
 
 from oms import exceptions, metrics
+from oms.db.pool import CONNECTION_ERRORS
 from oms.http import auth, health, intake, openapi, problems
 from oms.http.routes import Handler, RouteSpec, register
 
@@ -37,6 +38,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = problems.response(problem, _auth_headers(problem))
     except web.HTTPException as exc:
         response = _http_exception(exc)
+    except CONNECTION_ERRORS as exc:
+        logger.warning("database unavailable: %s", exc, extra={"route": route_name})
+        response = problems.response(problems.from_exception(exceptions.DatabaseError()))
     except Exception:
         logger.exception("unexpected error", extra={"route": route_name})
         response = problems.response(problems.build(problems.INTERNAL))

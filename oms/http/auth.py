@@ -12,6 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from oms import exceptions
+from oms.db import pool as pool_module
 from oms.store import api_keys
 
 PRINCIPAL = web.RequestKey("principal", api_keys.Principal)
@@ -44,7 +45,7 @@ class Authenticator:
         try:
             async with self._pool.acquire() as conn:
                 stored = await api_keys.fetch(conn, key_id)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except pool_module.CONNECTION_ERRORS as exc:
             raise exceptions.DatabaseError(str(exc)) from exc
         if len(self._cache) > 10_000:  # bounded: guessed key ids must not grow memory
             self._cache.clear()

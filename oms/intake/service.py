@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from oms import config, domain, exceptions, metrics
+from oms.db.pool import CONNECTION_ERRORS
 from oms.intake import validation
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
@@ -189,7 +190,7 @@ class IntakeService:
                 return await documents.find_idempotency_record(
                     conn, source_system, key, datetime.now(UTC)
                 )
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise exceptions.DatabaseError(f"database unavailable: {exc}") from exc
 
 

@@ -5,8 +5,12 @@ Each failure names the field, so the source system knows what to fix.
 
 from __future__ import annotations
 
+import msgspec
+
 from oms import domain, exceptions
 from oms.refdata import RefDataClient
+
+_NUL = b"\\u0000"
 
 
 def check_shape(request: domain.DocumentRequest, max_data_bytes: int) -> None:
@@ -18,7 +22,12 @@ def check_shape(request: domain.DocumentRequest, max_data_bytes: int) -> None:
         raise exceptions.InvalidRequest(
             "data", f"is {len(data)} bytes; at most {max_data_bytes} are accepted", code="too_large"
         )
+    # PostgreSQL's jsonb cannot hold U+0000; say so rather than fail the write.
+    if _NUL in data:
+        raise exceptions.InvalidRequest("data", "must not contain \\u0000 (NUL)")
     recipient = request.recipient
+    if _NUL in msgspec.json.encode(recipient):
+        raise exceptions.InvalidRequest("recipient", "must not contain \\u0000 (NUL)")
     needs = {
         domain.Channel.PRINT: ("recipient.address", recipient.address),
         domain.Channel.EMAIL: ("recipient.email", recipient.email),

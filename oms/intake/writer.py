@@ -20,21 +20,13 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from oms import config, exceptions, metrics
+from oms.db.pool import CONNECTION_ERRORS
 from oms.store import documents
 
 logger = logging.getLogger(__name__)
 
 StoredCallback = Callable[[Sequence[documents.NewDocument]], None]
 _Pending = tuple[documents.NewDocument, "asyncio.Future[documents.InsertOutcome]"]
-
-_CONNECTION_ERRORS = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    OSError,
-    TimeoutError,
-)
 
 
 class DocumentWriter:
@@ -122,9 +114,9 @@ class DocumentWriter:
     async def _store(self, items: list[documents.NewDocument]) -> list[documents.InsertOutcome]:
         started = time.perf_counter()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire() as conn:
                 outcomes = await documents.insert_many(conn, items, self._topics)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             metrics.COMMIT_FAILURES.labels("database_unavailable").inc()
             raise exceptions.DatabaseError(f"database unavailable: {exc}") from exc
         except asyncpg.PostgresError:

@@ -62,11 +62,21 @@ _encode = msgspec.json.encode
 async def insert_many(
     conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
 ) -> list[InsertOutcome]:
-    """Store many requests in one transaction: rows, first timeline entries, outbox rows.
+    """Store many requests atomically: rows, first timeline entries, outbox rows.
 
     Each item gets its own outcome; a duplicate or a reused key never aborts the
-    others. Must be called inside a transaction.
+    others. Without Idempotency-Keys the write is one statement, atomic and
+    committed on its own: one round trip for the whole group.
     """
+    if any(item.idempotency is not None for item in items):
+        async with conn.transaction():
+            return await _insert_many(conn, items, topics)
+    return await _insert_many(conn, items, topics)
+
+
+async def _insert_many(
+    conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
+) -> list[InsertOutcome]:
     outcomes: list[InsertOutcome | None] = [None] * len(items)
     candidates = list(range(len(items)))
 
@@ -79,7 +89,7 @@ async def insert_many(
                 outcomes[i] = IdempotencyHit(record)
         candidates = [i for i in candidates if outcomes[i] is None]
 
-    inserted_ids = await _insert_rows(conn, [items[i] for i in candidates])
+    inserted_ids = await _insert_rows(conn, [items[i] for i in candidates], topics.requested)
     duplicates = [i for i in candidates if items[i].id not in inserted_ids]
     if duplicates:
         existing = await _existing_ids(conn, [items[i] for i in duplicates])
@@ -100,11 +110,6 @@ async def insert_many(
                 [d.source_system for d in released],
                 [_key(d) for d in released],
             )
-
-    stored = [items[i] for i in candidates if items[i].id in inserted_ids]
-    if stored:
-        await _append_first_timeline(conn, stored)
-        await _append_requested_events(conn, stored, topics.requested)
     for i in candidates:
         if outcomes[i] is None:
             outcomes[i] = Inserted(items[i].id)
@@ -187,22 +192,47 @@ def _idempotency_record(row: asyncpg.Record) -> IdempotencyRecord:
     )
 
 
-async def _insert_rows(conn: asyncpg.Connection, items: Sequence[NewDocument]) -> set[uuid.UUID]:
+async def _insert_rows(
+    conn: asyncpg.Connection, items: Sequence[NewDocument], requested_topic: str
+) -> set[uuid.UUID]:
+    """Rows, first timeline entries and outbox rows in ONE statement: one round trip.
+
+    Only rows actually inserted (no client_reference conflict) get a timeline
+    entry and an event; the sibling CTEs see exactly the ``RETURNING`` set.
+    """
     if not items:
         return set()
     rows = await conn.fetch(
-        """INSERT INTO documents (id, source_system, client_reference, status, priority,
-               document_type, channel, language, brand, recipient, data, trace_id,
-               created_at, updated_at)
-           SELECT id, source_system, client_reference, 'RECEIVED', priority, document_type,
-                  channel, language, brand, recipient, data, trace_id, created_at, created_at
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[],
-                       $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
-                       $11::text[], $12::timestamptz[])
-                AS u(id, source_system, client_reference, priority, document_type, channel,
-                     language, brand, recipient, data, trace_id, created_at)
-           ON CONFLICT (source_system, client_reference) DO NOTHING
-           RETURNING id""",
+        """WITH input AS (
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[],
+                   $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
+                   $11::text[], $12::timestamptz[], $13::uuid[], $14::jsonb[])
+               AS u(id, source_system, client_reference, priority, document_type, channel,
+                    language, brand, recipient, data, trace_id, created_at, event_id, event)
+           ),
+           stored AS (
+               INSERT INTO documents (id, source_system, client_reference, status, priority,
+                   document_type, channel, language, brand, recipient, data, trace_id,
+                   created_at, updated_at)
+               SELECT id, source_system, client_reference, 'RECEIVED', priority, document_type,
+                      channel, language, brand, recipient, data, trace_id, created_at, created_at
+               FROM input
+               ON CONFLICT (source_system, client_reference) DO NOTHING
+               RETURNING id
+           ),
+           timeline AS (
+               INSERT INTO document_timeline (document_id, at, actor, from_status, to_status)
+               SELECT i.id, i.created_at, 'intake', NULL, 'RECEIVED'
+               FROM input i JOIN stored USING (id)
+           ),
+           events AS (
+               INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
+                   trace_id, created_at)
+               SELECT i.event_id, $15, i.id::text, 'oms.document.requested', i.id::text,
+                      i.event, i.trace_id, i.created_at
+               FROM input i JOIN stored USING (id)
+           )
+           SELECT id FROM stored""",
         [i.id for i in items],
         [i.source_system for i in items],
         [i.request.client_reference for i in items],
@@ -215,6 +245,9 @@ async def _insert_rows(conn: asyncpg.Connection, items: Sequence[NewDocument]) -
         [bytes(i.request.data) for i in items],
         [i.trace_id for i in items],
         [i.created_at for i in items],
+        [domain.uuid7() for _ in items],
+        [_encode(requested_event(i)) for i in items],
+        requested_topic,
     )
     return {r["id"] for r in rows}
 
@@ -233,16 +266,6 @@ async def _existing_ids(
     return {(r["source_system"], r["client_reference"]): r["id"] for r in rows}
 
 
-async def _append_first_timeline(conn: asyncpg.Connection, items: Sequence[NewDocument]) -> None:
-    await conn.execute(
-        """INSERT INTO document_timeline (document_id, at, actor, from_status, to_status)
-           SELECT id, at, 'intake', NULL, 'RECEIVED'
-           FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)""",
-        [i.id for i in items],
-        [i.created_at for i in items],
-    )
-
-
 def requested_event(item: NewDocument) -> domain.DocumentRequested:
     return domain.DocumentRequested(
         document_id=item.id,
@@ -252,25 +275,6 @@ def requested_event(item: NewDocument) -> domain.DocumentRequested:
         document_type=item.request.document_type,
         channel=item.request.channel,
         trace_id=item.trace_id,
-    )
-
-
-async def _append_requested_events(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], topic: str
-) -> None:
-    await conn.execute(
-        """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
-               trace_id, created_at)
-           SELECT event_id, $1, document_id::text, 'oms.document.requested',
-                  document_id::text, payload, trace_id, created_at
-           FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[], $5::text[], $6::timestamptz[])
-                AS u(event_id, document_id, payload, trace_id, created_at)""",
-        topic,
-        [domain.uuid7() for _ in items],
-        [i.id for i in items],
-        [_encode(requested_event(i)) for i in items],
-        [i.trace_id for i in items],
-        [i.created_at for i in items],
     )
 
 

@@ -1,0 +1,103 @@
+"""PostgreSQL stopped under a running OMS: clear 503s, then recovery without a restart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import anyio
+import asyncpg
+import pytest
+
+from oms.db import embedded, migrate
+from oms.store import api_keys
+from tests.conftest import SOURCE_KEY, RefDataSim, RunningOms, make_settings
+
+HEADERS = {"Authorization": f"Bearer {SOURCE_KEY}"}
+
+
+def _document(reference: str) -> dict[str, object]:
+    return {
+        "client_reference": reference,
+        "document_type": "policy_renewal_notice",
+        "channel": "email",
+        "language": "en",
+        "brand": "acme",
+        "recipient": {"name": "Ada", "email": "ada@example.com"},
+    }
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[embedded.EmbeddedPostgres]:
+    """A server of this test's own, so stopping it disturbs no other test."""
+    server = embedded.EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    yield server
+    server.stop(mode="immediate")
+
+
+@pytest.fixture
+async def oms_on_own_postgres(
+    own_postgres: embedded.EmbeddedPostgres, refdata_server: RefDataSim
+) -> AsyncIterator[RunningOms]:
+    conn = await asyncpg.connect(own_postgres.dsn)
+    await migrate.migrate(conn)
+    await api_keys.upsert(conn, SOURCE_KEY, "acme-policy", "source")
+    await conn.close()
+    running = RunningOms(
+        make_settings(
+            own_postgres.dsn,
+            refdata_server.url,
+            database={"connect_timeout_s": 1.0, "command_timeout_s": 2.0},
+        )
+    )
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_intake_answers_503_while_the_database_is_down_and_recovers(
+    own_postgres: embedded.EmbeddedPostgres, oms_on_own_postgres: RunningOms
+) -> None:
+    url = oms_on_own_postgres.url
+    async with aiohttp.ClientSession(url, headers=HEADERS) as http:
+        async with http.post("/v1/documents", json=_document("before")) as response:
+            assert response.status == 202
+
+        own_postgres.stop(mode="immediate")
+        with anyio.fail_after(10):  # "quickly": bounded by the connect timeout, not hanging
+            async with http.post("/v1/documents", json=_document("during")) as response:
+                assert response.status == 503
+                assert response.content_type == "application/problem+json"
+                assert response.headers["Retry-After"]
+                problem = await response.json()
+        assert problem["type"] == "urn:oms:problem:database-unavailable"
+        async with http.get("/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["database"] != "ok"
+
+        own_postgres.start()  # same data directory, same port
+        statuses = []
+        for attempt in range(50):  # bounded: the pool replaces its dead connections
+            async with http.post("/v1/documents", json=_document(f"after-{attempt}")) as response:
+                statuses.append(response.status)
+                if response.status == 202:
+                    break
+            await anyio.sleep(0.1)
+        assert statuses[-1] == 202, statuses
+        assert set(statuses) <= {202, 503}, statuses  # never a 500 on the way back
+        async with http.get("/readyz") as response:
+            assert response.status == 200
+
+    conn = await asyncpg.connect(own_postgres.dsn)
+    try:
+        stored = {
+            r["client_reference"]
+            for r in await conn.fetch("SELECT client_reference FROM documents")
+        }
+    finally:
+        await conn.close()
+    # What was accepted is there; what was refused with 503 is not.
+    assert "before" in stored
+    assert "during" not in stored
