@@ -65,8 +65,9 @@ class DocumentWriter:
             task_status.started()
 
     def close(self) -> None:
-        """Stop taking requests; queued ones are still written."""
+        """Stop taking requests; queued ones are still written by running loops."""
         self._send.close()
+        self._receive.close()  # the loops read from clones; this one only if never run
 
     async def _loop(self, receive: MemoryObjectReceiveStream[_Pending]) -> None:
         async with receive:
@@ -80,36 +81,28 @@ class DocumentWriter:
                 await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        """Write one group and wake its waiters; never raises (the loop must live on)."""
         items = [item for item, _ in batch]
         try:
             outcomes = await self._store(items)
-        except exceptions.DatabaseError as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
             if len(batch) == 1:
-                raise
+                _settle(batch[0][1], exc)
+                return
             # One bad row must not fail its neighbours: write them one by one.
-            logger.exception("group commit failed; retrying the batch row by row")
+            logger.warning("group commit failed (%s); retrying row by row", exc)
             for pending in batch:
-                await self._write_single(pending)
+                await self._write_batch([pending])
+            return
+        except Exception as exc:
+            if not isinstance(exc, exceptions.DatabaseError):
+                logger.exception("intake write failed unexpectedly")
+            for _, future in batch:
+                _settle(future, exc)
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
-
-    async def _write_single(self, pending: _Pending) -> None:
-        item, future = pending
-        try:
-            outcome = (await self._store([item]))[0]
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(outcome)
 
     async def _store(self, items: list[documents.NewDocument]) -> list[documents.InsertOutcome]:
         started = time.perf_counter()
@@ -130,3 +123,8 @@ class DocumentWriter:
         if stored:
             self._on_stored(stored)
         return outcomes
+
+
+def _settle(future: asyncio.Future[documents.InsertOutcome], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
