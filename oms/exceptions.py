@@ -62,6 +62,10 @@ class InvalidRequest(OmsError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+class UnstorableRequest(InvalidRequest):
+    """PostgreSQL refused a value (a number out of range, a character it cannot hold)."""
+
+
 class UnknownReference(InvalidRequest):
     """A field names reference data that does not exist or is not active."""
 

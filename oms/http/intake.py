@@ -7,6 +7,7 @@ import binascii
 import re
 import uuid
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -19,6 +20,8 @@ from oms.intake import service as intake_service
 from oms.intake.service import IntakeService
 from oms.store import documents
 
+T = TypeVar("T")
+
 INTAKE = web.AppKey("intake", IntakeService)
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", config.Settings)
@@ -27,7 +30,8 @@ _request_decoder = msgspec.json.Decoder(domain.DocumentRequest)
 _batch_decoder = msgspec.json.Decoder(domain.BatchRequest)
 _cursor_decoder = msgspec.json.Decoder(documents.Cursor)
 _encoder = msgspec.json.Encoder()
-_IDEMPOTENCY_KEY = re.compile(r'^"?([\x21-\x7e]{1,255}?)"?$')
+# A bare token or an sf-string ("..."): 1 to 255 visible ASCII characters, no quotes.
+_IDEMPOTENCY_KEY = re.compile(r'^(?:"([\x21\x23-\x7e]{1,255})"|([\x21\x23-\x7e]{1,255}))$')
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -61,6 +65,13 @@ async def read_json_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw) -> T:
+    try:
+        return decoder.decode(body)
+    except RecursionError as exc:  # msgspec's answer to absurdly deep nesting
+        raise msgspec.DecodeError("JSON is nested too deeply") from exc
+
+
 def decode_error(exc: msgspec.DecodeError) -> problems.Problem:
     """A msgspec error as a problem: 422 naming the field, or 400 for broken JSON."""
     message = str(exc)
@@ -88,7 +99,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     match = _IDEMPOTENCY_KEY.match(header.strip())
     if not match:
         raise exceptions.InvalidHeader("Idempotency-Key must be 1 to 255 visible ASCII characters")
-    return match.group(1)
+    return match.group(1) or match.group(2)
 
 
 def _document_id(request: web.Request) -> uuid.UUID:
@@ -111,7 +122,7 @@ async def create_document(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body = await read_json_body(request, settings.max_body_bytes)
     try:
-        document_request = _request_decoder.decode(body)
+        document_request = _decode(_request_decoder, body)
     except msgspec.DecodeError as exc:
         problem = decode_error(exc)
         _rejected(problem)
@@ -140,7 +151,7 @@ async def create_batch(request: web.Request) -> web.Response:
         )
     body = await read_json_body(request, settings.max_batch_body_bytes)
     try:
-        batch = _batch_decoder.decode(body)
+        batch = _decode(_batch_decoder, body)
     except msgspec.DecodeError as exc:
         return problems.response(decode_error(exc))
     if not batch.documents:
@@ -154,7 +165,7 @@ async def create_batch(request: web.Request) -> web.Response:
     decoded: list[domain.DocumentRequest | problems.Problem] = []
     for raw in batch.documents:
         try:
-            decoded.append(_request_decoder.decode(raw))
+            decoded.append(_decode(_request_decoder, raw))
         except msgspec.DecodeError as exc:
             decoded.append(decode_error(exc))
     valid = [d for d in decoded if isinstance(d, domain.DocumentRequest)]

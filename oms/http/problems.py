@@ -95,7 +95,7 @@ def pointer(field: str) -> str:
     """``recipient.email`` → ``/recipient/email``; ``$.documents[3]`` → ``/documents/3``."""
     cleaned = field.removeprefix("$").lstrip(".")
     parts = [p for p in cleaned.replace("[", ".").replace("]", "").split(".") if p]
-    return "/" + "/".join(parts)
+    return "".join(f"/{p}" for p in parts)  # "" is the whole document (RFC 6901)
 
 
 def build(

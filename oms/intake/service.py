@@ -6,6 +6,7 @@ Web-free: the HTTP layer decodes, authenticates and maps the outcome to a respon
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ from oms.intake import validation
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
 from oms.store import documents
+
+logger = logging.getLogger(__name__)
 
 
 class Replay(msgspec.Struct, frozen=True):
@@ -111,6 +114,10 @@ class IntakeService:
                 outcome = await self._writer.write(item)
             except exceptions.OmsError as exc:
                 outcome = exc
+            except Exception:
+                # Logged here; the item answers internal-error, its neighbours stand.
+                logger.exception("storing a batch item failed", extra={"document_id": item.id})
+                outcome = exceptions.OmsError()
             results[index] = self._accepted_or_error(item, outcome)
 
         async with anyio.create_task_group() as tg:

@@ -87,7 +87,7 @@ class DocumentWriter:
             outcomes = await self._store(items)
         except asyncpg.PostgresError as exc:
             if len(batch) == 1:
-                _settle(batch[0][1], exc)
+                _settle(batch[0][1], _as_client_error(exc))
                 return
             # One bad row must not fail its neighbours: write them one by one.
             logger.warning("group commit failed (%s); retrying row by row", exc)
@@ -123,6 +123,14 @@ class DocumentWriter:
         if stored:
             self._on_stored(stored)
         return outcomes
+
+
+def _as_client_error(exc: asyncpg.PostgresError) -> BaseException:
+    """A data exception (SQLSTATE class 22) is the request's fault, not OMS's."""
+    if isinstance(exc, asyncpg.DataError):
+        # The typed fields are validated before; only the free-form data can hit this.
+        return exceptions.UnstorableRequest("data", f"cannot be stored: {exc}", code="unstorable")
+    return exc
 
 
 def _settle(future: asyncio.Future[documents.InsertOutcome], exc: BaseException) -> None:

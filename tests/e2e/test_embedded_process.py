@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from oms import app
+from tests.integration.intake_support import document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"Authorization": f"Bearer {app.DEMO_SOURCE_KEY}"}
@@ -22,18 +23,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _document(reference: str) -> dict[str, object]:
-    return {
-        "client_reference": reference,
-        "document_type": "policy_renewal_notice",
-        "channel": "email",
-        "language": "en",
-        "brand": "acme",
-        "recipient": {"name": "Ada Lovelace", "email": "ada@example.com"},
-        "data": {"policy_number": "P-1"},
-    }
 
 
 class OmsProcess:
@@ -88,7 +77,7 @@ async def test_sigterm_drains_in_flight_requests_and_data_survives_restart(
 
             async def submit(n: int) -> str | None:
                 try:
-                    async with http.post(f"{oms.url}/v1/documents", json=_document(f"R-{n}")) as r:
+                    async with http.post(f"{oms.url}/v1/documents", json=document(f"R-{n}")) as r:
                         return (await r.json())["id"] if r.status == 202 else None
                 except aiohttp.ClientError:
                     return None  # refused after the listener closed: never accepted

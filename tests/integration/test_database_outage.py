@@ -13,19 +13,9 @@ import pytest
 from oms.db import embedded, migrate
 from oms.store import api_keys
 from tests.conftest import SOURCE_KEY, RefDataSim, RunningOms, make_settings
+from tests.integration.intake_support import document
 
 HEADERS = {"Authorization": f"Bearer {SOURCE_KEY}"}
-
-
-def _document(reference: str) -> dict[str, object]:
-    return {
-        "client_reference": reference,
-        "document_type": "policy_renewal_notice",
-        "channel": "email",
-        "language": "en",
-        "brand": "acme",
-        "recipient": {"name": "Ada", "email": "ada@example.com"},
-    }
 
 
 @pytest.fixture
@@ -62,12 +52,12 @@ async def test_intake_answers_503_while_the_database_is_down_and_recovers(
 ) -> None:
     url = oms_on_own_postgres.url
     async with aiohttp.ClientSession(url, headers=HEADERS) as http:
-        async with http.post("/v1/documents", json=_document("before")) as response:
+        async with http.post("/v1/documents", json=document("before")) as response:
             assert response.status == 202
 
         own_postgres.stop(mode="immediate")
         with anyio.fail_after(10):  # "quickly": bounded by the connect timeout, not hanging
-            async with http.post("/v1/documents", json=_document("during")) as response:
+            async with http.post("/v1/documents", json=document("during")) as response:
                 assert response.status == 503
                 assert response.content_type == "application/problem+json"
                 assert response.headers["Retry-After"]
@@ -80,7 +70,7 @@ async def test_intake_answers_503_while_the_database_is_down_and_recovers(
         own_postgres.start()  # same data directory, same port
         statuses = []
         for attempt in range(50):  # bounded: the pool replaces its dead connections
-            async with http.post("/v1/documents", json=_document(f"after-{attempt}")) as response:
+            async with http.post("/v1/documents", json=document(f"after-{attempt}")) as response:
                 statuses.append(response.status)
                 if response.status == 202:
                     break

@@ -88,7 +88,7 @@ async def test_one_bad_row_does_not_fail_its_group(
     items = [_item(f"B-{n}") for n in range(9)] + [_item("BAD", b'{"x": "\\u0000"}')]
     results, handed_on = await _run_writer(pool, config.IntakeSettings(), items)
 
-    assert isinstance(results[-1], asyncpg.PostgresError)
+    assert isinstance(results[-1], exceptions.UnstorableRequest)  # the client's fault: a 422
     assert all(isinstance(r, documents.Inserted) for r in results[:-1])
     assert len(handed_on) == 9
     stored = {
