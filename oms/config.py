@@ -64,6 +64,27 @@ class RefDataSettings(_Section):
     revalidate_window_s: float = 600.0
 
 
+class ThunderheadSettings(_Section):
+    base_url: str = ""  # empty: the in-process simulator
+    client_id: str = "oms"
+    client_secret: str = "oms-simulator-secret"
+    grant_type: Literal["client_credentials", "password"] = "client_credentials"
+    username: str = ""
+    password: str = ""
+    token_path: str = "/one/oauth2Server/token"
+    api_path: str = "/one/oauth2/api/v12/job"
+    timeout_s: float = 10.0
+    submit_timeout_s: float = 30.0
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 5
+    max_concurrency: int = 8
+    token_refresh_margin_s: float = 60.0
+    wait_429_s: float = 60.0
+    wait_500_s: float = 5.0
+    wait_503_s: float = 120.0
+    max_request_bytes: int = 10_000_000
+
+
 class EventsSettings(_Section):
     source: str = "/oms"
     topic_requested: str = "oms.document.requested"
@@ -81,6 +102,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     intake: IntakeSettings = IntakeSettings()
     refdata: RefDataSettings = RefDataSettings()
+    thunderhead: ThunderheadSettings = ThunderheadSettings()
     events: EventsSettings = EventsSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -123,3 +123,34 @@ class InvalidHeader(OmsError):
 
 class InvalidQuery(OmsError):
     """A query parameter is invalid."""
+
+
+class ThunderheadError(OmsError):
+    """Thunderhead did not do what was asked."""
+
+
+class ThunderheadTransient(ThunderheadError):
+    """Thunderhead is unavailable for now (timeout, connection error, 5xx, 429, 503).
+
+    ``retry_after_s`` is how long Thunderhead asked OMS to wait (Retry-After, or the
+    documented default for the status); the caller adds its own backoff and jitter.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{reason} (retry after {retry_after_s:g} s)")
+
+
+class ThunderheadOutcomeUnknown(ThunderheadTransient):
+    """The request may have reached Thunderhead: reconcile by reference before re-sending."""
+
+
+class ThunderheadRejected(ThunderheadError):
+    """Thunderhead refused the request for good (4xx, or a business failure in a 200)."""
+
+    def __init__(self, reason: str, messages: list[dict[str, object]], status: int) -> None:
+        self.reason = reason
+        self.messages = messages
+        self.status = status
+        super().__init__(reason)
