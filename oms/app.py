@@ -1,19 +1,24 @@
 """Wiring and lifecycle: what starts, in which order, and how it stops.
 
 Start-up order: database (embedded if no DSN) → pool → migrations → Reference
-Data (in-process simulator if no URL) → intake writer → HTTP. ``task_status``
-is signalled only once HTTP listens. Shutdown runs the other way: stop
-listening and drain handlers, drain the writer, close Reference Data, close the
-pool, stop the embedded database, each with a deadline.
+Data and Thunderhead clients (in-process simulators if no URL) → intake writer,
+batcher, processing pool → HTTP. ``task_status`` is signalled only once HTTP
+listens. Shutdown runs the other way: stop listening and drain handlers, drain
+the writer, let actors finish the message in hand, send open batches, then close
+the clients, the pool and the embedded database, each with a deadline.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -22,6 +27,9 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from oms import bus, config, domain
+from oms.actors.delay import DelayedRequeue
+from oms.actors.pool import ActorPool, PoolSettings
+from oms.actors.processing import ProcessingStage
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
 from oms.http import app as http_app
@@ -30,7 +38,9 @@ from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
 from oms.sim import refdata as refdata_sim
+from oms.sim import thunderhead as thunderhead_sim
 from oms.store import api_keys, documents
+from oms.thunderhead import ThunderheadClient
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +52,14 @@ _CLOSE_DEADLINE_S = 10.0
 
 
 class Started(msgspec.Struct, frozen=True):
-    """What a running OMS answers on, for the banner and for tests."""
+    """What a running OMS answers on, and its pools (to pause and resume them)."""
 
     base_url: str
     dsn: str
     refdata_url: str
+    thunderhead_url: str
     demo_keys: bool
+    pools: dict[str, ActorPool[Any]]
 
 
 async def run(
@@ -61,31 +73,74 @@ async def run(
         dsn = settings.database.dsn or await _start_embedded_database(settings, stack)
         pool = await _open_pool(dsn, settings, stack)
         await _prepare_database(pool, demo_keys=settings.embedded)
-        refdata_url = settings.refdata.base_url or await _start_refdata_simulator(stack)
+        refdata_url = settings.refdata.base_url or await _start_simulator(
+            stack, refdata_sim.make_app()
+        )
         refdata = await stack.enter_async_context(
             RefDataClient(msgspec.structs.replace(settings.refdata, base_url=refdata_url))
         )
-        requested = bus.MemoryQueue[domain.DocumentRequested](
-            "document.requested", settings.intake.requested_queue_capacity
+        thunderhead_url = settings.thunderhead.base_url or await _start_simulator(
+            stack, thunderhead_sim.make_app()
+        )
+        thunderhead = await stack.enter_async_context(
+            ThunderheadClient(
+                msgspec.structs.replace(settings.thunderhead, base_url=thunderhead_url)
+            )
         )
         topics = documents.Topics(
-            requested=settings.events.topic_requested, status=settings.events.topic_status
+            requested=settings.events.topic_requested,
+            submitted=settings.events.topic_submitted,
+            status=settings.events.topic_status,
         )
-
-        def hand_to_processing(stored: Sequence[documents.NewDocument]) -> None:
-            for item in stored:
-                requested.offer(documents.requested_event(item))
-
-        writer = DocumentWriter(pool, topics, settings.intake, hand_to_processing)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        requested = bus.PriorityMailbox[domain.DocumentRequested](
+            "document.requested", settings.processing.mailbox_capacity
+        )
+        # Monitoring (next stage) consumes this; until then it only fills and drops.
+        submitted = bus.PriorityMailbox[domain.DocumentSubmitted](
+            "document.submitted", settings.processing.mailbox_capacity
+        )
+        retries = DelayedRequeue("processing", requested, settings.processing.retry_schedule_max)
+        processing = ProcessingStage(
+            pool,
+            refdata,
+            thunderhead,
+            settings.processing,
+            topics,
+            owner,
+            on_submitted=lambda events: _offer_all(submitted, events),
+            retry_later=retries.schedule,
+        )
+        processing_pool = ActorPool(
+            "processing",
+            requested,
+            processing.handle,
+            PoolSettings(
+                size=settings.processing.actors,
+                restart_backoff_s=settings.processing.restart_backoff_s,
+                max_redeliveries=settings.processing.max_redeliveries,
+                drain_deadline_s=settings.processing.drain_deadline_s,
+            ),
+            message_id=lambda event: event.document_id,
+        )
+        if settings.processing.start_paused:
+            processing_pool.pause()
+        writer = DocumentWriter(pool, topics, settings.intake)
         async with anyio.create_task_group() as tg:
             await tg.start(writer.run)
-            housekeeping = anyio.CancelScope()
-            tg.start_soon(_purge_idempotency_keys, pool, settings.intake, housekeeping)
+            background = [anyio.CancelScope(), anyio.CancelScope()]
+            tg.start_soon(_in_scope, background[0], _purge_idempotency_keys, pool, settings.intake)
+            tg.start_soon(_in_scope, background[1], retries.run)
+            await tg.start(processing.batcher.run)
+            actors = anyio.CancelScope()  # cancels actors still busy at the drain deadline
+            await tg.start(_run_in_scope, actors, processing_pool.run)
 
             app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
             app[intake.SETTINGS] = settings
             app[intake.POOL] = pool
-            app[intake.INTAKE] = IntakeService(pool, writer, refdata, settings.intake, topics)
+            app[intake.INTAKE] = IntakeService(
+                pool, writer, refdata, settings.intake, topics, requested
+            )
             app[http_app.AUTHENTICATOR] = auth.Authenticator(
                 pool, settings.intake.api_key_cache_ttl_s
             )
@@ -100,18 +155,50 @@ async def run(
             site = web.TCPSite(runner, settings.server.host, settings.server.port)
             await site.start()
             host, port = runner.addresses[0][:2]
-            started = Started(f"http://{host}:{port}", dsn, refdata_url, settings.embedded)
+            started = Started(
+                f"http://{host}:{port}",
+                dsn,
+                refdata_url,
+                thunderhead_url,
+                settings.embedded,
+                {"processing": processing_pool},
+            )
             logger.info("OMS listening", extra={"url": started.base_url})
             task_status.started(started)
 
             await stop.wait()
             logger.info("shutting down: draining in-flight requests")
             with anyio.CancelScope(shield=True):
-                await runner.cleanup()
+                await runner.cleanup()  # stop listening, finish requests in hand
                 writer.close()
-                housekeeping.cancel()
-            requested.close()
+                await processing_pool.stop()  # actors finish their message in hand
+                actors.cancel()
+                await processing.batcher.close()  # open batches are sent, then settled
+                for scope in background:
+                    scope.cancel()
     logger.info("OMS stopped")
+
+
+def _offer_all(mailbox: bus.PriorityMailbox[bus.M], messages: Sequence[bus.M]) -> None:
+    for message in messages:
+        mailbox.offer(message)
+
+
+async def _in_scope(
+    scope: anyio.CancelScope, func: Callable[..., Awaitable[None]], *args: object
+) -> None:
+    with scope:
+        await func(*args)
+
+
+async def _run_in_scope(
+    scope: anyio.CancelScope,
+    func: Callable[..., Awaitable[None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await func(task_status=task_status)
 
 
 async def _start_embedded_database(settings: config.Settings, stack: AsyncExitStack) -> str:
@@ -152,8 +239,9 @@ async def _prepare_database(pool: asyncpg.Pool, *, demo_keys: bool) -> None:
             logger.warning("demo API keys found in a real database were deactivated")
 
 
-async def _start_refdata_simulator(stack: AsyncExitStack) -> str:
-    runner = web.AppRunner(refdata_sim.make_app(), handle_signals=False, access_log=None)
+async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:
+    """An in-process simulator on a loopback port: the embedded default's stand-in."""
+    runner = web.AppRunner(sim, handle_signals=False, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -181,19 +269,14 @@ async def _readiness(pool: asyncpg.Pool) -> health.ReadinessReport:
     return health.ReadinessReport(ready, checks)
 
 
-async def _purge_idempotency_keys(
-    pool: asyncpg.Pool, settings: config.IntakeSettings, scope: anyio.CancelScope
-) -> None:
+async def _purge_idempotency_keys(pool: asyncpg.Pool, settings: config.IntakeSettings) -> None:
     """Expired Idempotency-Key records are deleted so the table stays bounded."""
-    with scope:
-        while True:
-            await anyio.sleep(settings.idempotency_purge_interval_s)
-            try:
-                async with pool.acquire() as conn:
-                    removed = await documents.purge_expired_idempotency_keys(
-                        conn, datetime.now(UTC)
-                    )
-                if removed:
-                    logger.info("expired idempotency keys purged", extra={"count": removed})
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-                logger.warning("idempotency key purge failed: %s", exc)
+    while True:
+        await anyio.sleep(settings.idempotency_purge_interval_s)
+        try:
+            async with pool.acquire() as conn:
+                removed = await documents.purge_expired_idempotency_keys(conn, datetime.now(UTC))
+            if removed:
+                logger.info("expired idempotency keys purged", extra={"count": removed})
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            logger.warning("idempotency key purge failed: %s", exc)

@@ -1,58 +1,144 @@
-"""In-memory, bounded queues between stages.
+"""A bounded mailbox that serves urgent work first and source systems fairly.
 
-A queue is only a push hint: the document row is the truth, so an event the
-queue cannot take is not lost. The sweeper re-feeds work that no event carried.
+Three priority lanes (urgent, normal, bulk); a message is always taken from the
+most urgent non-empty lane, so urgent work never waits behind a bulk load.
+Within a lane each source system has its own FIFO and the lane serves them in
+turn, so one system's flood does not starve another's trickle.
+
+Capacity is shared by all lanes. A producer that must not store work it cannot
+hand on (intake) first ``reserve``s a slot: refused at once when full, so the
+caller can answer 503 before anything is written.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Generic, TypeVar
+from collections import OrderedDict, deque
+from typing import Generic, Protocol, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from oms import metrics
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
+from oms import exceptions, metrics
 
 
-class MemoryQueue(Generic[T]):
-    """A bounded FIFO with a non-blocking ``offer`` for producers that must not wait."""
+class Routable(Protocol):
+    @property
+    def priority_rank(self) -> int: ...
 
+    @property
+    def fairness_key(self) -> str: ...
+
+
+M = TypeVar("M", bound=Routable)
+LANES = 3
+
+
+class Reservation(Generic[M]):
+    """One slot held in a mailbox: ``put`` uses it, ``release`` gives it back."""
+
+    def __init__(self, mailbox: PriorityMailbox[M]) -> None:
+        self._mailbox: PriorityMailbox[M] | None = mailbox
+
+    def put(self, message: M) -> None:
+        mailbox, self._mailbox = self._mailbox, None
+        if mailbox is None:
+            raise RuntimeError("reservation already used")
+        mailbox._reserved -= 1
+        mailbox._push(message, front=False)
+
+    def release(self) -> None:
+        mailbox, self._mailbox = self._mailbox, None
+        if mailbox is not None:
+            mailbox._reserved -= 1
+            mailbox._changed()
+
+
+class PriorityMailbox(Generic[M]):
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
-        self._send: MemoryObjectSendStream[T]
-        self._receive: MemoryObjectReceiveStream[T]
-        self._send, self._receive = anyio.create_memory_object_stream[T](capacity)
+        self._lanes: list[OrderedDict[str, deque[M]]] = [OrderedDict() for _ in range(LANES)]
+        self._size = 0
+        self._reserved = 0
+        self._ready = anyio.Event()
+        self._closed = False
         metrics.QUEUE_CAPACITY.labels(name).set(capacity)
 
-    @property
-    def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+    def __len__(self) -> int:
+        return self._size
 
     @property
     def free(self) -> int:
-        return self.capacity - self.depth
+        return self.capacity - self._size - self._reserved
 
-    def offer(self, item: T) -> bool:
-        """Put without waiting; False (and counted) when full."""
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
+    def reserve(self, retry_after_s: int = 1) -> Reservation[M]:
+        """Hold a slot, or raise Overloaded at once when the mailbox is full."""
+        if self._closed:
+            raise exceptions.Overloaded(f"{self.name} is shutting down", retry_after_s)
+        if self.free <= 0:
+            metrics.QUEUE_DROPPED.labels(self.name).inc()
+            raise exceptions.Overloaded(f"{self.name} is full", retry_after_s)
+        self._reserved += 1
+        return Reservation(self)
+
+    def offer(self, message: M) -> bool:
+        """Put without a reservation; False (counted) when full or closed."""
+        if self._closed or self.free <= 0:
             metrics.QUEUE_DROPPED.labels(self.name).inc()
             return False
-        finally:
-            metrics.QUEUE_DEPTH.labels(self.name).set(self.depth)
+        self._push(message, front=False)
         return True
 
-    async def get(self) -> T:
-        item = await self._receive.receive()
-        metrics.QUEUE_DEPTH.labels(self.name).set(self.depth)
-        return item
+    def put_back(self, message: M) -> None:
+        """Return a message taken by an actor that failed on it: it goes first in line.
+
+        Allowed past capacity: the message held a slot until it was taken.
+        """
+        self._push(message, front=True)
+
+    async def get(self) -> M:
+        while True:
+            message = self._pop()
+            if message is not None:
+                return message
+            if self._closed:
+                raise anyio.EndOfStream
+            await self._ready.wait()
 
     def close(self) -> None:
-        self._send.close()
-        self._receive.close()
+        """Wake waiting getters; they end once the mailbox is empty."""
+        self._closed = True
+        self._ready.set()
+
+    def _push(self, message: M, *, front: bool) -> None:
+        lane = self._lanes[message.priority_rank]
+        queue = lane.get(message.fairness_key)
+        if queue is None:
+            queue = lane[message.fairness_key] = deque()
+        if front:
+            queue.appendleft(message)
+            lane.move_to_end(message.fairness_key, last=False)
+        else:
+            queue.append(message)
+        self._size += 1
+        self._changed()
+        self._ready.set()
+
+    def _pop(self) -> M | None:
+        for lane in self._lanes:
+            if not lane:
+                continue
+            key, queue = next(iter(lane.items()))
+            message = queue.popleft()
+            if queue:
+                lane.move_to_end(key)  # round robin: this system goes to the back
+            else:
+                del lane[key]
+            self._size -= 1
+            if self._size == 0 and not self._closed:
+                self._ready = anyio.Event()
+            self._changed()
+            return message
+        return None
+
+    def _changed(self) -> None:
+        metrics.QUEUE_DEPTH.labels(self.name).set(self._size)

@@ -64,6 +64,24 @@ class RefDataSettings(_Section):
     revalidate_window_s: float = 600.0
 
 
+class ProcessingSettings(_Section):
+    start_paused: bool = False
+    actors: int = 8
+    mailbox_capacity: int = 10_000
+    lease_s: float = 120.0
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 900.0
+    batch_max_documents: int = 100
+    batch_max_age_s: float = 0.5
+    batch_max_bytes: int = 8_000_000
+    submitters: int = 4
+    restart_backoff_s: float = 0.5
+    max_redeliveries: int = 5
+    drain_deadline_s: float = 10.0
+    retry_schedule_max: int = 100_000
+
+
 class ThunderheadSettings(_Section):
     base_url: str = ""  # empty: the in-process simulator
     client_id: str = "oms"
@@ -102,6 +120,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     intake: IntakeSettings = IntakeSettings()
     refdata: RefDataSettings = RefDataSettings()
+    processing: ProcessingSettings = ProcessingSettings()
     thunderhead: ThunderheadSettings = ThunderheadSettings()
     events: EventsSettings = EventsSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -192,6 +192,46 @@ class DocumentRequested(msgspec.Struct, frozen=True, tag="oms.document.requested
     channel: Channel
     trace_id: str
 
+    @property
+    def priority_rank(self) -> int:
+        return self.priority.rank
+
+    @property
+    def fairness_key(self) -> str:
+        return self.source_system
+
+
+class DocumentSubmitted(msgspec.Struct, frozen=True, tag="oms.document.submitted"):
+    """Event: Thunderhead accepted the document in a batch job; monitoring polls it."""
+
+    document_id: uuid.UUID
+    source_system: str
+    client_reference: str
+    priority: Priority
+    job_id: str
+    batch_id: uuid.UUID
+    trace_id: str
+
+    @property
+    def priority_rank(self) -> int:
+        return self.priority.rank
+
+    @property
+    def fairness_key(self) -> str:
+        return self.source_system
+
+
+class DocumentFailed(msgspec.Struct, frozen=True, tag="oms.document.failed"):
+    """Event (Event Hub): the document will not be produced."""
+
+    document_id: uuid.UUID
+    source_system: str
+    client_reference: str
+    status: Literal["FAILED"]
+    reason: str
+    detail: str | None = None
+    messages: list[dict[str, Any]] = []
+
 
 class DocumentCancelled(msgspec.Struct, frozen=True, tag="oms.document.cancelled"):
     """Event: a document request was cancelled before Thunderhead had it."""

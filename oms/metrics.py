@@ -51,3 +51,33 @@ REFDATA_CALLS = Counter(
 REFDATA_STALE_SERVED = Counter(
     "oms_refdata_stale_served_total", "Reference Data answers served stale because the API failed."
 )
+POOL_SIZE = Gauge("oms_pool_actors", "Actors in a pool.", ["pool"])
+ACTORS_BUSY = Gauge("oms_pool_actors_busy", "Actors handling a message now.", ["pool"])
+POOL_PAUSED = Gauge("oms_pool_paused", "1 while a pool is paused.", ["pool"])
+ACTOR_RESTARTS = Counter(
+    "oms_actor_restarts_total", "Actors replaced after their handler raised.", ["pool"]
+)
+MESSAGES_SET_ASIDE = Counter(
+    "oms_messages_set_aside_total",
+    "Messages that failed too often and were left to the sweeper.",
+    ["pool"],
+)
+BATCH_DOCUMENTS = Histogram(
+    "oms_thunderhead_batch_documents",
+    "Documents per Thunderhead batch submitted.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+PROCESSING_OUTCOMES = Counter(
+    "oms_processing_documents_total",
+    "Documents leaving processing, by outcome (submitted, retry, failed, reconciled, skipped).",
+    ["outcome"],
+)
+STAGE_SECONDS = Histogram(
+    "oms_stage_seconds",
+    "Time from a document's creation to reaching a status.",
+    ["status"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+RETRY_SCHEDULE_SIZE = Gauge(
+    "oms_retry_schedule_size", "Documents waiting in memory for their next attempt.", ["pool"]
+)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
+import aiohttp
 import anyio
 import asyncpg
 import msgspec
@@ -20,6 +22,7 @@ from aiohttp import web
 from oms import app, config
 from oms.db import embedded, migrate
 from oms.sim import refdata as refdata_sim
+from oms.sim import thunderhead as thunderhead_sim
 from oms.store import api_keys
 
 TEMPLATE_DB = "oms_template"
@@ -86,10 +89,11 @@ async def db(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-class RefDataSim:
-    """The Reference Data simulator on a real loopback port, stoppable for real."""
+class SimServer:
+    """A simulator on a real loopback port, stoppable for real."""
 
-    def __init__(self) -> None:
+    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+        self._make_app = make_app
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -98,7 +102,7 @@ class RefDataSim:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(refdata_sim.make_app(), handle_signals=False)
+        self.runner = web.AppRunner(self._make_app(), handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
@@ -109,20 +113,47 @@ class RefDataSim:
             await self.runner.cleanup()
             self.runner = None
 
+    async def post(self, path: str, body: object) -> Any:
+        async with aiohttp.ClientSession(self.url) as http, http.post(path, json=body) as r:
+            assert r.status < 300, await r.text()
+            return await r.json()
+
+    async def get(self, path: str) -> Any:
+        async with aiohttp.ClientSession(self.url) as http, http.get(path) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+RefDataSim = SimServer
+
 
 @pytest.fixture
-async def refdata_server() -> AsyncIterator[RefDataSim]:
-    sim = RefDataSim()
+async def refdata_server() -> AsyncIterator[SimServer]:
+    sim = SimServer(refdata_sim.make_app)
     await sim.start()
     yield sim
     await sim.stop()
 
 
-def make_settings(dsn: str, refdata_url: str, **sections: dict[str, object]) -> config.Settings:
+@pytest.fixture
+async def thunderhead_server() -> AsyncIterator[SimServer]:
+    sim = SimServer(thunderhead_sim.make_app)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+def make_settings(
+    dsn: str, refdata_url: str, thunderhead_url: str = "", **sections: dict[str, object]
+) -> config.Settings:
+    """Test settings; an empty ``thunderhead_url`` runs the simulator in-process."""
     raw: dict[str, dict[str, object]] = {
         "server": {"port": 0},
         "database": {"dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
         "refdata": {"base_url": refdata_url, "timeout_s": 0.5},
+        # Intake tests see documents as intake left them; processing tests resume.
+        "processing": {"start_paused": True},
+        "thunderhead": {"base_url": thunderhead_url},
         "logging": {"level": "WARNING"},
     }
     for section, values in sections.items():

@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from oms import config, domain, exceptions, metrics
+from oms.bus import PriorityMailbox
 from oms.db.pool import CONNECTION_ERRORS
 from oms.intake import validation
 from oms.intake.writer import DocumentWriter
@@ -52,8 +53,10 @@ class IntakeService:
         refdata: RefDataClient,
         settings: config.IntakeSettings,
         topics: documents.Topics,
+        processing: PriorityMailbox[domain.DocumentRequested],
     ) -> None:
         self.topics = topics
+        self._processing = processing
         self._pool = pool
         self._writer = writer
         self._refdata = refdata
@@ -111,7 +114,7 @@ class IntakeService:
         async def store(index: int, item: documents.NewDocument) -> None:
             try:
                 outcome: documents.InsertOutcome | exceptions.OmsError
-                outcome = await self._writer.write(item)
+                outcome = await self._write(item)
             except exceptions.OmsError as exc:
                 outcome = exc
             except Exception:
@@ -135,13 +138,31 @@ class IntakeService:
         validation.check_shape(request, self._settings.max_data_bytes)
         await validation.check_references(self._refdata, request)
         item = self._new_document(source_system, request, trace_id, idempotency)
-        outcome = await self._writer.write(item)
+        outcome = await self._write(item)
         if isinstance(outcome, documents.IdempotencyHit):
             return outcome.record
         result = self._accepted_or_error(item, outcome)
         if isinstance(result, exceptions.OmsError):
             raise result
         return result
+
+    async def _write(self, item: documents.NewDocument) -> documents.InsertOutcome:
+        """Store the request only if processing has room for it, then hand it over.
+
+        The slot is reserved first: when the processing mailbox is full the
+        caller gets 503 and nothing is stored half-way.
+        """
+        reservation = self._processing.reserve()
+        try:
+            outcome = await self._writer.write(item)
+        except BaseException:
+            reservation.release()
+            raise
+        if isinstance(outcome, documents.Inserted):
+            reservation.put(documents.requested_event(item))
+        else:
+            reservation.release()
+        return outcome
 
     def _new_document(
         self,

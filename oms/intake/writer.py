@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
 
 import anyio
 import asyncpg
@@ -25,7 +24,6 @@ from oms.store import documents
 
 logger = logging.getLogger(__name__)
 
-StoredCallback = Callable[[Sequence[documents.NewDocument]], None]
 _Pending = tuple[documents.NewDocument, "asyncio.Future[documents.InsertOutcome]"]
 
 
@@ -35,12 +33,10 @@ class DocumentWriter:
         pool: asyncpg.Pool,
         topics: documents.Topics,
         settings: config.IntakeSettings,
-        on_stored: StoredCallback,
     ) -> None:
         self._pool = pool
         self._topics = topics
         self._settings = settings
-        self._on_stored = on_stored
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             settings.commit_max_rows * 4
         )
@@ -117,11 +113,6 @@ class DocumentWriter:
             raise
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(len(items))
-        stored = [
-            i for i, o in zip(items, outcomes, strict=True) if isinstance(o, documents.Inserted)
-        ]
-        if stored:
-            self._on_stored(stored)
         return outcomes
 
 

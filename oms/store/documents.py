@@ -37,6 +37,7 @@ class NewDocument(msgspec.Struct, frozen=True, kw_only=True):
 
 class Topics(msgspec.Struct, frozen=True):
     requested: str
+    submitted: str
     status: str
 
 

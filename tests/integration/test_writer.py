@@ -16,7 +16,11 @@ from oms.db.pool import create_pool
 from oms.intake.writer import DocumentWriter
 from oms.store import documents
 
-TOPICS = documents.Topics(requested="oms.document.requested", status="oms.document.status")
+TOPICS = documents.Topics(
+    requested="oms.document.requested",
+    submitted="oms.document.submitted",
+    status="oms.document.status",
+)
 
 
 def _item(reference: str, data: bytes = b"{}") -> documents.NewDocument:
@@ -47,14 +51,13 @@ async def pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def _run_writer(
     pool: asyncpg.Pool, settings: config.IntakeSettings, items: Sequence[documents.NewDocument]
-) -> tuple[list[documents.InsertOutcome | BaseException], list[documents.NewDocument]]:
-    handed_on: list[documents.NewDocument] = []
-    writer = DocumentWriter(pool, TOPICS, settings, handed_on.extend)
+) -> list[documents.InsertOutcome | BaseException]:
+    writer = DocumentWriter(pool, TOPICS, settings)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         results = await asyncio.gather(*(writer.write(i) for i in items), return_exceptions=True)
         writer.close()
-    return results, handed_on
+    return results
 
 
 def _batch_sizes() -> tuple[float, float]:
@@ -69,13 +72,12 @@ async def test_concurrent_requests_share_transactions(
 ) -> None:
     count_before, rows_before = _batch_sizes()
     items = [_item(f"G-{n}") for n in range(200)]
-    results, handed_on = await _run_writer(pool, config.IntakeSettings(), items)
+    results = await _run_writer(pool, config.IntakeSettings(), items)
     count_after, rows_after = _batch_sizes()
 
     assert all(isinstance(r, documents.Inserted) for r in results)
     assert rows_after - rows_before == 200
     assert count_after - count_before < 200 / 4  # on average 4+ requests per transaction
-    assert {i.id for i in handed_on} == {i.id for i in items}
     assert await db.fetchval("SELECT count(*) FROM documents") == 200
     assert await db.fetchval("SELECT count(*) FROM document_timeline") == 200
     assert await db.fetchval("SELECT count(*) FROM outbox") == 200
@@ -86,11 +88,10 @@ async def test_one_bad_row_does_not_fail_its_group(
 ) -> None:
     # PostgreSQL's jsonb refuses \u0000: a real per-row failure inside one statement.
     items = [_item(f"B-{n}") for n in range(9)] + [_item("BAD", b'{"x": "\\u0000"}')]
-    results, handed_on = await _run_writer(pool, config.IntakeSettings(), items)
+    results = await _run_writer(pool, config.IntakeSettings(), items)
 
     assert isinstance(results[-1], exceptions.UnstorableRequest)  # the client's fault: a 422
     assert all(isinstance(r, documents.Inserted) for r in results[:-1])
-    assert len(handed_on) == 9
     stored = {
         r["client_reference"] for r in await db.fetch("SELECT client_reference FROM documents")
     }
@@ -101,7 +102,7 @@ async def test_duplicate_reference_in_one_group_stores_one_row(
     pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
     first, second = _item("SAME"), _item("SAME")
-    results, _ = await _run_writer(pool, config.IntakeSettings(), [first, second])
+    results = await _run_writer(pool, config.IntakeSettings(), [first, second])
 
     inserted = [r for r in results if isinstance(r, documents.Inserted)]
     duplicates = [r for r in results if isinstance(r, documents.DuplicateReference)]
@@ -116,7 +117,7 @@ async def test_naive_variant_writes_one_request_per_transaction(
 ) -> None:
     count_before, _ = _batch_sizes()
     items = [_item(f"N-{n}") for n in range(20)]
-    results, _ = await _run_writer(pool, config.IntakeSettings(group_commit=False), items)
+    results = await _run_writer(pool, config.IntakeSettings(group_commit=False), items)
     count_after, _ = _batch_sizes()
     assert all(isinstance(r, documents.Inserted) for r in results)
     assert count_after - count_before == 20
@@ -124,7 +125,7 @@ async def test_naive_variant_writes_one_request_per_transaction(
 
 
 async def test_writing_after_close_is_refused(pool: asyncpg.Pool) -> None:
-    writer = DocumentWriter(pool, TOPICS, config.IntakeSettings(), lambda _: None)
+    writer = DocumentWriter(pool, TOPICS, config.IntakeSettings())
     writer.close()
     with pytest.raises(exceptions.Overloaded):
         await writer.write(_item("LATE"))

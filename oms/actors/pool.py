@@ -1,0 +1,169 @@
+"""A supervised pool of actors sharing one mailbox.
+
+Each actor takes one message at a time and runs the pool's handler on it. An
+actor whose handler raises is logged, its message goes back to the head of the
+mailbox, and the actor is replaced after a backoff that grows while failures
+repeat; a message that keeps failing (``max_redeliveries``) is set aside and
+logged — its document stays in the database, where the sweeper finds it.
+
+Shutdown drains: ``stop`` closes the mailbox to new work, actors finish the
+message in hand, and whatever is still running at the deadline is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Generic
+
+import anyio
+from anyio.abc import TaskStatus
+
+from oms import metrics
+from oms.bus import M, PriorityMailbox
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[M], Awaitable[None]]
+
+
+class PoolSettings:
+    """Plain values: the pool is generic, its callers map config onto this."""
+
+    def __init__(
+        self,
+        size: int,
+        restart_backoff_s: float = 0.5,
+        restart_backoff_max_s: float = 30.0,
+        max_redeliveries: int = 5,
+        drain_deadline_s: float = 10.0,
+    ) -> None:
+        self.size = size
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
+        self.max_redeliveries = max_redeliveries
+        self.drain_deadline_s = drain_deadline_s
+
+
+class ActorPool(Generic[M]):
+    def __init__(
+        self,
+        name: str,
+        mailbox: PriorityMailbox[M],
+        handler: Handler[M],
+        settings: PoolSettings,
+        *,
+        message_id: Callable[[M], object] = id,
+    ) -> None:
+        self.name = name
+        self.mailbox = mailbox
+        self._handler = handler
+        self._settings = settings
+        self._message_id = message_id
+        self._failures: dict[object, int] = {}
+        self._running = anyio.Event()
+        self._running.set()
+        self._stopping = False
+        self._busy = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """Actors finish their message in hand, then take no more until ``resume``."""
+        if self._running.is_set():
+            self._running = anyio.Event()
+            metrics.POOL_PAUSED.labels(self.name).set(1)
+            logger.info("pool paused", extra={"pool": self.name})
+
+    def resume(self) -> None:
+        self._running.set()
+        metrics.POOL_PAUSED.labels(self.name).set(0)
+        logger.info("pool resumed", extra={"pool": self.name})
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the actors until ``stop``; returns once they have drained or been cancelled."""
+        metrics.POOL_SIZE.labels(self.name).set(self._settings.size)
+        async with anyio.create_task_group() as tg:
+            for slot in range(self._settings.size):
+                tg.start_soon(self._supervise, slot)
+            task_status.started()
+
+    async def stop(self) -> None:
+        """Stop taking messages; wait for in-hand ones up to the drain deadline."""
+        self._stopping = True
+        self.mailbox.close()
+        self._running.set()  # a paused pool must wake up to see it is stopping
+        with anyio.move_on_after(self._settings.drain_deadline_s) as scope:
+            await self._idle.wait()
+        if scope.cancelled_caught:
+            logger.warning("pool did not drain in time; cancelling", extra={"pool": self.name})
+
+    async def _supervise(self, slot: int) -> None:
+        failures_in_a_row = 0
+        while not self._stopping:
+            try:
+                await self._actor()
+                return
+            except Exception:
+                failures_in_a_row += 1
+                delay = min(
+                    self._settings.restart_backoff_max_s,
+                    self._settings.restart_backoff_s * math.pow(2, failures_in_a_row - 1),
+                )
+                logger.exception(
+                    "actor crashed; replacing it",
+                    extra={"pool": self.name, "slot": slot, "restart_in_s": delay},
+                )
+                metrics.ACTOR_RESTARTS.labels(self.name).inc()
+                await anyio.sleep(delay)
+
+    async def _actor(self) -> None:
+        while True:
+            await self._running.wait()
+            if self._stopping and len(self.mailbox) == 0:
+                return
+            try:
+                message = await self.mailbox.get()
+            except anyio.EndOfStream:
+                return
+            if self._stopping:
+                # Shutting down: leave it; its document is safe in the database.
+                return
+            if self.paused:
+                # Paused while this actor was already waiting: hold the message back.
+                self.mailbox.put_back(message)
+                continue
+            await self._handle(message)
+
+    async def _handle(self, message: M) -> None:
+        self._busy += 1
+        self._idle = anyio.Event() if self._busy == 1 else self._idle
+        metrics.ACTORS_BUSY.labels(self.name).set(self._busy)
+        key = self._message_id(message)
+        try:
+            await self._handler(message)
+        except Exception:
+            failures = self._failures.get(key, 0) + 1
+            if failures > self._settings.max_redeliveries:
+                self._failures.pop(key, None)
+                logger.error(
+                    "message failed too often; set aside for the sweeper",
+                    extra={"pool": self.name, "failures": failures},
+                )
+                metrics.MESSAGES_SET_ASIDE.labels(self.name).inc()
+            else:
+                self._failures[key] = failures
+                self.mailbox.put_back(message)
+            raise
+        else:
+            self._failures.pop(key, None)
+        finally:
+            self._busy -= 1
+            metrics.ACTORS_BUSY.labels(self.name).set(self._busy)
+            if self._busy == 0:
+                self._idle.set()

@@ -1,0 +1,76 @@
+"""What every state change writes beside itself: timeline entries and outbox rows.
+
+Both take many rows in one statement, so a batch of documents changing state
+costs one round trip each, inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from oms import domain
+
+_encode = msgspec.json.encode
+
+
+class TimelineEntry(msgspec.Struct, frozen=True):
+    document_id: uuid.UUID
+    from_status: domain.Status | None
+    to_status: domain.Status
+    detail: dict[str, Any] | None = None
+
+
+class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
+    topic: str
+    document_id: uuid.UUID
+    event_type: str
+    payload: msgspec.Struct
+    trace_id: str | None
+    event_id: uuid.UUID = msgspec.field(default_factory=domain.uuid7)
+
+
+async def append_timeline(
+    conn: asyncpg.Connection, entries: Sequence[TimelineEntry], actor: str, at: datetime
+) -> None:
+    if not entries:
+        return
+    await conn.execute(
+        """INSERT INTO document_timeline (document_id, at, actor, from_status, to_status, detail)
+           SELECT document_id, $1, $2, from_status, to_status, detail
+           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::jsonb[])
+                AS u(document_id, from_status, to_status, detail)""",
+        at,
+        actor,
+        [e.document_id for e in entries],
+        [e.from_status.value if e.from_status else None for e in entries],
+        [e.to_status.value for e in entries],
+        [_encode(e.detail) if e.detail is not None else None for e in entries],
+    )
+
+
+async def append_outbox(
+    conn: asyncpg.Connection, events: Sequence[OutboxEvent], at: datetime
+) -> None:
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
+               trace_id, created_at)
+           SELECT event_id, topic, document_id::text, event_type, document_id::text, payload,
+                  trace_id, $1
+           FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::text[])
+                AS u(event_id, topic, document_id, event_type, payload, trace_id)""",
+        at,
+        [e.event_id for e in events],
+        [e.topic for e in events],
+        [e.document_id for e in events],
+        [e.event_type for e in events],
+        [_encode(e.payload) for e in events],
+        [e.trace_id for e in events],
+    )

@@ -1,0 +1,309 @@
+"""Processing against the real Thunderhead simulator over HTTP: batches, faults, exactly once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import asyncpg
+
+from oms import metrics
+from tests.conftest import RunningOms, SimServer, make_settings
+from tests.integration.intake_support import AUTH, document, seed_keys, wait_until
+
+FAST_RETRIES = {
+    "start_paused": False,
+    "backoff_base_s": 0.05,
+    "backoff_max_s": 0.2,
+    "batch_max_age_s": 0.05,
+}
+FAST_WAITS = {"wait_429_s": 0.1, "wait_500_s": 0.1, "wait_503_s": 0.1, "submit_timeout_s": 0.5}
+
+
+@asynccontextmanager
+async def oms_with(
+    database_dsn: str,
+    refdata_sim: SimServer,
+    thunderhead_sim: SimServer,
+    processing: dict[str, Any] | None = None,
+    thunderhead_settings: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> AsyncIterator[RunningOms]:
+    settings = make_settings(
+        database_dsn,
+        refdata_sim.url,
+        thunderhead_sim.url,
+        processing={**FAST_RETRIES, **(processing or {})},
+        thunderhead={"base_url": thunderhead_sim.url, **FAST_WAITS, **(thunderhead_settings or {})},
+        **sections,
+    )
+    await seed_keys(database_dsn)
+    oms = RunningOms(settings)
+    await oms.start()
+    try:
+        yield oms
+    finally:
+        await oms.stop()
+
+
+async def submit_all(oms: RunningOms, bodies: list[dict[str, Any]]) -> list[uuid.UUID]:
+    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+
+        async def one(body: dict[str, Any]) -> uuid.UUID:
+            async with http.post("/v1/documents", json=body) as response:
+                assert response.status == 202, await response.text()
+                return uuid.UUID((await response.json())["id"])
+
+        ids: list[uuid.UUID] = []
+        async with anyio.create_task_group() as tg:
+            for body in bodies:
+                tg.start_soon(lambda b=body: _append(ids, one(b)))
+    return ids
+
+
+async def _append(into: list[uuid.UUID], value: Awaitable[uuid.UUID]) -> None:
+    into.append(await value)
+
+
+async def wait_for_statuses(
+    db: asyncpg.Connection, ids: list[uuid.UUID], done: set[str], timeout_s: float = 20
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Bounded wait until every document is in one of ``done``; their rows."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            rows = await db.fetch("SELECT * FROM documents WHERE id = ANY($1::uuid[])", ids)
+            if len(rows) == len(ids) and all(r["status"] in done for r in rows):
+                return {r["id"]: r for r in rows}
+            await anyio.sleep(0.05)
+
+
+def counter(metric: Any, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
+
+
+async def test_documents_reach_thunderhead_in_batches(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    async with oms_with(
+        database_dsn, refdata_server, thunderhead_server, processing={"batch_max_age_s": 0.3}
+    ) as oms:
+        ids = await submit_all(oms, [document(f"B-{n}") for n in range(40)])
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED"})
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["transactions"] == 40
+    assert stats["calls"]["submitBatch"] <= 4  # 40 documents, a handful of batches
+    assert stats["duplicate_submissions"] == 0
+    assert all(r["thunderhead_job_id"] for r in rows.values())
+    submitted = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_type = 'oms.document.submitted'"
+    )
+    assert submitted == 40
+    timeline = await db.fetch(
+        "SELECT to_status FROM document_timeline WHERE document_id = $1 ORDER BY id", ids[0]
+    )
+    assert [t["to_status"] for t in timeline] == ["RECEIVED", "PROCESSING", "SUBMITTED"]
+
+
+async def test_the_shared_rate_limit_holds_across_all_actors(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    # One document per batch: every document is its own call, from 8 actors and 4 submitters.
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"actors": 8, "submitters": 4, "batch_max_documents": 1},
+        thunderhead_settings={"rate_limit_per_s": 5.0, "rate_limit_burst": 1},
+    ) as oms:
+        ids = await submit_all(oms, [document(f"R-{n}") for n in range(20)])
+        await wait_for_statuses(db, ids, {"SUBMITTED"}, timeout_s=30)
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["calls"]["submitBatch"] == 20
+    assert stats["peak_rate_per_s"] <= 5 + 1  # rate plus the burst, in any 1 s window
+    assert stats["duplicate_submissions"] == 0
+
+
+async def test_transient_faults_are_retried_then_succeed(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post(
+        "/_sim/config",
+        {
+            "inject": [
+                {"status": 500, "count": 1, "endpoint": "submitBatch"},
+                {"status": 429, "count": 1, "endpoint": "submitBatch", "retry_after": 0},
+                {"status": 503, "count": 1, "endpoint": "submitBatch"},
+            ]
+        },
+    )
+    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
+        ids = await submit_all(oms, [document("T-1")])
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+    row = rows[ids[0]]
+    assert row["status"] == "SUBMITTED"
+    assert row["attempts"] == 3
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["calls"]["submitBatch"] == 4
+    assert stats["duplicate_submissions"] == 0
+    events = await db.fetch(
+        "SELECT detail FROM document_timeline WHERE document_id = $1 AND detail ? 'event'", ids[0]
+    )
+    assert sum(1 for e in events if json.loads(e["detail"])["event"] == "retry_scheduled") == 3
+
+
+async def test_a_business_failure_fails_the_document_with_thunderheads_messages(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post("/_sim/config", {"business_failure": {"count": 1}})
+    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
+        ids = await submit_all(oms, [document("P-1")])
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+    row = rows[ids[0]]
+    assert row["status"] == "FAILED"
+    assert json.loads(row["last_error"])["reason"] == "thunderhead_rejected"
+    assert json.loads(row["last_error"])["messages"]  # Thunderhead's own words are kept
+    event = await db.fetchrow(
+        "SELECT topic, payload FROM outbox WHERE event_type = 'oms.document.failed'"
+    )
+    assert event["topic"] == "oms.document.status"
+    assert json.loads(event["payload"])["reason"] == "thunderhead_rejected"
+
+
+async def test_retries_exhausted_fail_the_document(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post(
+        "/_sim/config", {"inject": [{"status": 503, "count": 100, "endpoint": "submitBatch"}]}
+    )
+    async with oms_with(
+        database_dsn, refdata_server, thunderhead_server, processing={"max_attempts": 3}
+    ) as oms:
+        ids = await submit_all(oms, [document("X-1")])
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+    row = rows[ids[0]]
+    assert row["status"] == "FAILED"
+    assert json.loads(row["last_error"])["reason"] == "retries_exhausted"
+    assert row["attempts"] == 3
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["calls"]["submitBatch"] == 3
+
+
+async def test_a_submit_that_times_out_after_acceptance_is_reconciled_not_resent(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post("/_sim/config", {"accept_then_hang": {"count": 1}})
+    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
+        ids = await submit_all(oms, [document(f"U-{n}") for n in range(3)])
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+    assert {r["status"] for r in rows.values()} == {"SUBMITTED"}
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["duplicate_submissions"] == 0
+    assert stats["calls"]["findByReference"] >= 1
+    reconciled = await db.fetchval(
+        "SELECT count(*) FROM document_timeline WHERE to_status = 'SUBMITTED'"
+        " AND (detail->>'reconciled')::boolean"
+    )
+    assert reconciled == 3
+
+
+async def test_urgent_work_overtakes_a_queued_bulk_load(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"actors": 1, "batch_max_documents": 1},
+    ) as oms:
+        pool = oms.started.pools["processing"]  # type: ignore[union-attr]
+        pool.pause()
+        bulk = await submit_all(oms, [document(f"BULK-{n}", priority="bulk") for n in range(15)])
+        urgent = await submit_all(oms, [document("URGENT", priority="urgent")])
+        pool.resume()
+        await wait_for_statuses(db, bulk + urgent, {"SUBMITTED"})
+    claims = await db.fetch(
+        "SELECT document_id FROM document_timeline WHERE to_status = 'PROCESSING' ORDER BY id"
+    )
+    assert claims[0]["document_id"] == urgent[0]
+
+
+async def test_an_actor_that_crashes_mid_message_does_not_lose_it(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    restarts_before = counter(metrics.ACTOR_RESTARTS, "processing")
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"restart_backoff_s": 0.05, "max_redeliveries": 50},
+        # No cache: processing asks Reference Data again, and meets the fault.
+        refdata={"ttl_s": 0.0, "revalidate_window_s": 0.0},
+    ) as oms:
+        pool = oms.started.pools["processing"]  # type: ignore[union-attr]
+        pool.pause()
+        ids = await submit_all(oms, [document("CRASH-1")])
+        # A 400 from Reference Data is an error processing does not expect: the actor dies.
+        await refdata_server.post("/_sim/faults", {"mode": "error", "status": 400})
+        pool.resume()
+
+        async def crashed_twice() -> bool:
+            return counter(metrics.ACTOR_RESTARTS, "processing") >= restarts_before + 2
+
+        await wait_until(crashed_twice, timeout_s=10, what="two actor crashes")
+        assert (await db.fetchval("SELECT status FROM documents WHERE id = $1", ids[0])) in {
+            "RECEIVED",
+            "PROCESSING",
+        }
+        await refdata_server.post("/_sim/faults", {"mode": "ok"})
+        rows = await wait_for_statuses(db, ids, {"SUBMITTED"})
+    assert rows[ids[0]]["status"] == "SUBMITTED"
+
+
+async def test_intake_answers_503_when_the_processing_mailbox_is_full(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    async with oms_with(
+        database_dsn, refdata_server, thunderhead_server, processing={"mailbox_capacity": 2}
+    ) as oms:
+        oms.started.pools["processing"].pause()  # type: ignore[union-attr]
+        await submit_all(oms, [document("F-1"), document("F-2")])
+        async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+            async with http.post("/v1/documents", json=document("F-3")) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"]
+                problem = await response.json()
+    assert problem["type"] == "urn:oms:problem:overloaded"
+    # Not stored half-way: the refused request left no row behind.
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE client_reference = 'F-3'") == 0
