@@ -144,7 +144,7 @@ async def run(
             app[http_app.AUTHENTICATOR] = auth.Authenticator(
                 pool, settings.intake.api_key_cache_ttl_s
             )
-            app[health.READINESS] = lambda: _readiness(pool)
+            app[health.READINESS] = lambda: _readiness(pool, thunderhead)
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
@@ -250,8 +250,12 @@ async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:
     return f"http://{host}:{port}"
 
 
-async def _readiness(pool: asyncpg.Pool) -> health.ReadinessReport:
+async def _readiness(pool: asyncpg.Pool, thunderhead: ThunderheadClient) -> health.ReadinessReport:
+    """Database reachable, schema current, Thunderhead answering (a token can be had)."""
     checks: dict[str, str] = {}
+    with anyio.move_on_after(2.0):
+        checks["thunderhead"] = "ok" if await thunderhead.ping() else "unreachable"
+    checks.setdefault("thunderhead", "timed out")
     with anyio.move_on_after(2.0) as scope:
         try:
             async with pool.acquire() as conn:

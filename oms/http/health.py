@@ -60,7 +60,7 @@ ROUTES = [
         method="GET",
         path="/readyz",
         handler=readyz,
-        summary="Ready: database reachable and schema up to date",
+        summary="Ready: database reachable, schema up to date, Thunderhead answering",
         auth="none",
         responses={200: ReadinessReport, 503: ReadinessReport},
     ),
