@@ -103,6 +103,49 @@ class ThunderheadSettings(_Section):
     max_request_bytes: int = 10_000_000
 
 
+class KafkaSettings(_Section):
+    bootstrap_servers: str = ""  # empty: the embedded Tansu broker
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 9092
+    client_id: str = "oms"
+    enable_idempotence: bool = True  # the embedded broker cannot: forced off there
+    request_timeout_s: float = 10.0
+    topic_partitions: int = 3
+    topic_replication_factor: int = 1
+
+
+class RelaySettings(_Section):
+    batch_size: int = 500
+    idle_poll_s: float = 0.5
+    max_attempts: int = 10
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    leader_retry_s: float = 5.0
+
+
+class PipelineSettings(_Section):
+    mode: Literal["events", "scheduled"] = "events"
+    scheduled_processing_interval_s: float = 1.0
+    scheduled_monitoring_interval_s: float = 2.0
+
+
+class MonitoringSettings(_Section):
+    actors: int = 4
+    mailbox_capacity: int = 100_000
+    poll_initial_s: float = 1.0
+    poll_max_s: float = 60.0
+    poll_growth: float = 1.5
+    job_deadline_s: float = 86_400.0
+    schedule_max: int = 1_000_000
+
+
+class SweeperSettings(_Section):
+    interval_s: float = 10.0
+    received_after_s: float = 30.0
+    submitted_unpolled_after_s: float = 300.0
+    batch_size: int = 1_000
+
+
 class EventsSettings(_Section):
     source: str = "/oms"
     topic_requested: str = "oms.document.requested"
@@ -122,6 +165,11 @@ class Settings(_Section):
     refdata: RefDataSettings = RefDataSettings()
     processing: ProcessingSettings = ProcessingSettings()
     thunderhead: ThunderheadSettings = ThunderheadSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    sweeper: SweeperSettings = SweeperSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    relay: RelaySettings = RelaySettings()
     events: EventsSettings = EventsSettings()
     logging: LoggingSettings = LoggingSettings()
 
