@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,10 @@ from anyio.abc import TaskStatus
 
 from oms import bus, config, domain
 from oms.actors.delay import DelayedRequeue
+from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.actors.pool import ActorPool, PoolSettings
 from oms.actors.processing import ProcessingStage
+from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
 from oms.http import app as http_app
@@ -93,12 +95,15 @@ async def run(
             status=settings.events.topic_status,
         )
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        events_mode = settings.pipeline.mode == "events"
         requested = bus.PriorityMailbox[domain.DocumentRequested](
             "document.requested", settings.processing.mailbox_capacity
         )
-        # Monitoring (next stage) consumes this; until then it only fills and drops.
-        submitted = bus.PriorityMailbox[domain.DocumentSubmitted](
-            "document.submitted", settings.processing.mailbox_capacity
+        polls = bus.PriorityMailbox[PollJob](
+            "monitoring.poll", settings.monitoring.mailbox_capacity
+        )
+        monitoring = MonitoringStage(
+            pool, thunderhead, settings.monitoring, topics, polls, push=events_mode
         )
         retries = DelayedRequeue("processing", requested, settings.processing.retry_schedule_max)
         processing = ProcessingStage(
@@ -108,38 +113,48 @@ async def run(
             settings.processing,
             topics,
             owner,
-            on_submitted=lambda events: _offer_all(submitted, events),
-            retry_later=retries.schedule,
+            # Scheduled mode pushes nothing: the scans find submitted jobs and due retries.
+            on_submitted=monitoring.register if events_mode else _ignore,
+            retry_later=retries.schedule if events_mode else _ignore,
         )
         processing_pool = ActorPool(
             "processing",
             requested,
             processing.handle,
-            PoolSettings(
-                size=settings.processing.actors,
-                restart_backoff_s=settings.processing.restart_backoff_s,
-                max_redeliveries=settings.processing.max_redeliveries,
-                drain_deadline_s=settings.processing.drain_deadline_s,
-            ),
+            _pool_settings(settings.processing.actors, settings.processing),
             message_id=lambda event: event.document_id,
+        )
+        monitoring_pool = ActorPool(
+            "monitoring",
+            polls,
+            monitoring.poll,
+            _pool_settings(settings.monitoring.actors, settings.processing),
+            message_id=lambda job: job.job_id,
         )
         if settings.processing.start_paused:
             processing_pool.pause()
+        sweeper = Sweeper(pool, settings, requested, monitoring)
         writer = DocumentWriter(pool, topics, settings.intake)
         async with anyio.create_task_group() as tg:
             await tg.start(writer.run)
-            background = [anyio.CancelScope(), anyio.CancelScope()]
+            batcher_scope = anyio.CancelScope()
+            await tg.start(_run_in_scope, batcher_scope, processing.batcher.run)
+            # Cancelled at shutdown, after the stages drained: these hold no work of their own.
+            background = [anyio.CancelScope() for _ in range(4)]
             tg.start_soon(_in_scope, background[0], _purge_idempotency_keys, pool, settings.intake)
             tg.start_soon(_in_scope, background[1], retries.run)
-            await tg.start(processing.batcher.run)
-            actors = anyio.CancelScope()  # cancels actors still busy at the drain deadline
-            await tg.start(_run_in_scope, actors, processing_pool.run)
+            tg.start_soon(_in_scope, background[2], monitoring.run_schedule)
+            tg.start_soon(_in_scope, background[3], sweeper.run)
+            # Cancel actors still busy at the drain deadline.
+            actor_scopes = [anyio.CancelScope(), anyio.CancelScope()]
+            await tg.start(_run_in_scope, actor_scopes[0], processing_pool.run)
+            await tg.start(_run_in_scope, actor_scopes[1], monitoring_pool.run)
 
             app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
             app[intake.SETTINGS] = settings
             app[intake.POOL] = pool
             app[intake.INTAKE] = IntakeService(
-                pool, writer, refdata, settings.intake, topics, requested
+                pool, writer, refdata, settings.intake, topics, requested if events_mode else None
             )
             app[http_app.AUTHENTICATOR] = auth.Authenticator(
                 pool, settings.intake.api_key_cache_ttl_s
@@ -161,7 +176,7 @@ async def run(
                 refdata_url,
                 thunderhead_url,
                 settings.embedded,
-                {"processing": processing_pool},
+                {"processing": processing_pool, "monitoring": monitoring_pool},
             )
             logger.info("OMS listening", extra={"url": started.base_url})
             task_status.started(started)
@@ -171,17 +186,33 @@ async def run(
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()  # stop listening, finish requests in hand
                 writer.close()
+                for scope in background[1:]:
+                    scope.cancel()  # no new work from retries, schedule or sweeps
                 await processing_pool.stop()  # actors finish their message in hand
-                actors.cancel()
-                await processing.batcher.close()  # open batches are sent, then settled
-                for scope in background:
-                    scope.cancel()
+                actor_scopes[0].cancel()
+                with anyio.move_on_after(settings.processing.drain_deadline_s):
+                    await processing.batcher.close()  # open batches are sent, then settled
+                    await processing.batcher.finished.wait()
+                # Past the deadline a send is cut off: its documents keep their lease
+                # and batch row, and are reconciled once the lease expires.
+                batcher_scope.cancel()
+                await monitoring_pool.stop()
+                actor_scopes[1].cancel()
+                background[0].cancel()
     logger.info("OMS stopped")
 
 
-def _offer_all(mailbox: bus.PriorityMailbox[bus.M], messages: Sequence[bus.M]) -> None:
-    for message in messages:
-        mailbox.offer(message)
+def _ignore(*_: object) -> None:
+    """The scheduled mode's stand-in for a push between stages."""
+
+
+def _pool_settings(size: int, settings: config.ProcessingSettings) -> PoolSettings:
+    return PoolSettings(
+        size=size,
+        restart_backoff_s=settings.restart_backoff_s,
+        max_redeliveries=settings.max_redeliveries,
+        drain_deadline_s=settings.drain_deadline_s,
+    )
 
 
 async def _in_scope(

@@ -221,6 +221,26 @@ class DocumentSubmitted(msgspec.Struct, frozen=True, tag="oms.document.submitted
         return self.source_system
 
 
+class Output(msgspec.Struct, frozen=True):
+    """One produced part of a document, as Thunderhead reported it."""
+
+    channel: str
+    document_name: str
+    mime_type: str
+    part_location: str
+
+
+class DocumentCompleted(msgspec.Struct, frozen=True, tag="oms.document.completed"):
+    """Event (Event Hub): Thunderhead produced the document."""
+
+    document_id: uuid.UUID
+    source_system: str
+    client_reference: str
+    status: Literal["COMPLETED"]
+    job_id: str
+    outputs: list[Output]
+
+
 class DocumentFailed(msgspec.Struct, frozen=True, tag="oms.document.failed"):
     """Event (Event Hub): the document will not be produced."""
 

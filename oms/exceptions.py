@@ -154,3 +154,11 @@ class ThunderheadRejected(ThunderheadError):
         self.messages = messages
         self.status = status
         super().__init__(reason)
+
+
+class KafkaUnavailable(OmsError):
+    """Kafka could not be reached or refused an administrative request."""
+
+
+class EmbeddedBrokerError(KafkaUnavailable):
+    """The embedded Kafka broker could not be started or stopped."""

@@ -81,3 +81,28 @@ STAGE_SECONDS = Histogram(
 RETRY_SCHEDULE_SIZE = Gauge(
     "oms_retry_schedule_size", "Documents waiting in memory for their next attempt.", ["pool"]
 )
+POLL_SCHEDULE_SIZE = Gauge("oms_poll_schedule_jobs", "Thunderhead jobs in the poll schedule.")
+DOCUMENTS_FINISHED = Counter(
+    "oms_documents_finished_total", "Documents that reached a final status.", ["status"]
+)
+SWEEPER_RECOVERIES = Counter(
+    "oms_sweeper_recoveries_total", "Work the sweeper re-fed, by kind.", ["kind"]
+)
+OUTBOX_BACKLOG = Gauge(
+    "oms_outbox_backlog", "Outbox events not yet published to Kafka (dead rows excluded)."
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "oms_outbox_oldest_unpublished_seconds", "Age of the oldest outbox event not yet published."
+)
+OUTBOX_DEAD = Gauge("oms_outbox_dead", "Outbox events that failed too often (the error table).")
+OUTBOX_PUBLISHED = Counter(
+    "oms_outbox_published_total", "Outbox events published to Kafka, by topic.", ["topic"]
+)
+KAFKA_PUBLISH_ERRORS = Counter(
+    "oms_kafka_publish_errors_total",
+    "Failed Kafka sends, by kind (unavailable, too_large, topic_refused, rejected).",
+    ["kind"],
+)
+RELAY_LEADER = Gauge(
+    "oms_outbox_relay_leader", "1 while this process is the one active outbox relay."
+)

@@ -41,13 +41,15 @@ class Batcher(Generic[T]):
         )
         self._opened = anyio.Event()
         self._flusher = anyio.CancelScope()
+        self.finished = anyio.Event()
 
     async def add(self, key: str, item: T, size: int) -> None:
         """Add to the open group for ``key``; may wait while submitters are busy."""
         group = self._groups.get(key)
         if group is not None and group.bytes + size > self._settings.batch_max_bytes:
             await self._flush(key)
-            group = None
+            # Another actor may have opened a new group while this one waited.
+            group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
             self._opened.set()
@@ -58,24 +60,44 @@ class Batcher(Generic[T]):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Submitters plus the age-based flusher; returns after ``close`` once all is sent."""
-        async with anyio.create_task_group() as tg:
-            for _ in range(self._settings.submitters):
-                tg.start_soon(self._submitter, self._receive.clone())
-            self._receive.close()
-            tg.start_soon(self._flush_by_age)
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._settings.submitters):
+                    tg.start_soon(self._submitter, self._receive.clone())
+                self._receive.close()
+                tg.start_soon(self._flush_by_age)
+                task_status.started()
+        finally:
+            self.finished.set()
 
     async def close(self) -> None:
-        """Send every open group now, then let the submitters finish and stop."""
+        """Send every open group now, then let the submitters finish and stop.
+
+        The caller bounds this with a deadline: what is not sent by then keeps
+        its lease in the database and is recovered when the lease expires.
+        """
         self._flusher.cancel()
-        for key in list(self._groups):
-            await self._flush(key)
-        self._send.close()
+        try:
+            for key in list(self._groups):
+                await self._flush(key)
+        finally:
+            self._send.close()
 
     async def _flush(self, key: str) -> None:
         group = self._groups.pop(key, None)
-        if group is not None and group.items:
+        if group is None or not group.items:
+            return
+        try:
             await self._send.send((key, group.items))
+        except BaseException:
+            # Not handed over (cancelled, closed): put the documents back, ahead of
+            # any group opened meanwhile, so close() or the next flush sends them.
+            newer = self._groups.get(key)
+            if newer is not None:
+                group.items.extend(newer.items)
+                group.bytes += newer.bytes
+            self._groups[key] = group
+            raise
 
     async def _flush_by_age(self) -> None:
         max_age = self._settings.batch_max_age_s

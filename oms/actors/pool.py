@@ -13,7 +13,6 @@ message in hand, and whatever is still running at the deadline is cancelled.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Generic
 
@@ -68,6 +67,7 @@ class ActorPool(Generic[M]):
         self._busy = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self._crashes: dict[int, int] = {}
 
     @property
     def paused(self) -> bool:
@@ -104,16 +104,16 @@ class ActorPool(Generic[M]):
             logger.warning("pool did not drain in time; cancelling", extra={"pool": self.name})
 
     async def _supervise(self, slot: int) -> None:
-        failures_in_a_row = 0
+        self._crashes[slot] = 0
         while not self._stopping:
             try:
-                await self._actor()
+                await self._actor(slot)
                 return
             except Exception:
-                failures_in_a_row += 1
+                self._crashes[slot] += 1
                 delay = min(
                     self._settings.restart_backoff_max_s,
-                    self._settings.restart_backoff_s * math.pow(2, failures_in_a_row - 1),
+                    self._settings.restart_backoff_s * 2 ** min(self._crashes[slot] - 1, 30),
                 )
                 logger.exception(
                     "actor crashed; replacing it",
@@ -122,7 +122,7 @@ class ActorPool(Generic[M]):
                 metrics.ACTOR_RESTARTS.labels(self.name).inc()
                 await anyio.sleep(delay)
 
-    async def _actor(self) -> None:
+    async def _actor(self, slot: int) -> None:
         while True:
             await self._running.wait()
             if self._stopping and len(self.mailbox) == 0:
@@ -139,6 +139,7 @@ class ActorPool(Generic[M]):
                 self.mailbox.put_back(message)
                 continue
             await self._handle(message)
+            self._crashes[slot] = 0  # a success ends the backoff
 
     async def _handle(self, message: M) -> None:
         self._busy += 1

@@ -83,19 +83,38 @@ class ProcessingStage:
     # --- the actor's handler ----------------------------------------------------------------
 
     async def handle(self, event: domain.DocumentRequested) -> None:
+        # Each claim has its own token, so even this process's own duplicate or
+        # late work on the document is fenced off by the compare-and-sets.
+        token = f"{self._owner}/{uuid.uuid4().hex[:8]}"
         async with self._db.acquire() as conn:
-            document = await store.claim(conn, event.document_id, self._owner, self._lease, _now())
+            document = await store.claim(conn, event.document_id, token, self._lease, _now())
         if document is None:
             metrics.PROCESSING_OUTCOMES.labels("skipped").inc()
             return
         try:
             await self._process(event, document)
+        except Exception as exc:
+            # A bug or an unexpected answer: count it as an attempt (so a document
+            # that always fails ends FAILED, not in a loop), then let the actor die.
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._retry(
+                        [event],
+                        [document],
+                        "processing_error",
+                        f"{type(exc).__name__}: {exc}",
+                        0.0,
+                        # Thunderhead may have it: keep the batch, so the retry reconciles.
+                        keep_batch=document.unresolved_batch is not None,
+                    )
+            except Exception:
+                logger.exception("could not record the failure; the lease will expire")
+            raise
         except BaseException:
-            # The actor is about to be replaced and the event redelivered: let go of
-            # the lease so the redelivery (or any process) can claim it again.
-            with anyio.CancelScope(shield=True):
+            # Cancelled (shutdown): give the lease back without counting an attempt.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 async with self._db.acquire() as conn:
-                    await store.release(conn, document.id, self._owner, _now())
+                    await store.release(conn, document.id, document.lease, _now())
             raise
 
     async def _process(self, event: domain.DocumentRequested, document: store.Claimed) -> None:
@@ -103,7 +122,7 @@ class ProcessingStage:
             return
         try:
             enrichment = await self._enrich(document)
-        except exceptions.ReferenceDataUnavailable as exc:
+        except (exceptions.ReferenceDataUnavailable, exceptions.ReferenceDataError) as exc:
             await self._retry([event], [document], "reference_data_unavailable", str(exc), 0.0)
             return
         except exceptions.UnknownReference as exc:
@@ -154,6 +173,7 @@ class ProcessingStage:
 
     async def submit(self, batch_config_res_id: str, batch: list[Pending]) -> None:
         batch_id = domain.uuid7()
+        now = _now()
         async with self._db.acquire() as conn:
             held = set(
                 await store.start_batch(
@@ -161,8 +181,9 @@ class ProcessingStage:
                     batch_id,
                     batch_config_res_id,
                     {p.document.id: _encode(p.enrichment) for p in batch},
-                    self._owner,
-                    _now(),
+                    {p.document.id: p.document.lease for p in batch},
+                    now + self._lease,
+                    now,
                 )
             )
         batch = [p for p in batch if p.document.id in held]
@@ -170,23 +191,18 @@ class ProcessingStage:
             return
         metrics.BATCH_DOCUMENTS.observe(len(batch))
         try:
-            job_id = await self._thunderhead.submit_batch(
-                batch_config_res_id, str(batch_id), [p.transaction for p in batch]
-            )
+            # The send must end well inside the lease just extended: past it,
+            # another claim could reconcile and find nothing while this one lands.
+            with anyio.fail_after(max(1.0, self._settings.lease_s * 0.8)):
+                job_id = await self._thunderhead.submit_batch(
+                    batch_config_res_id, str(batch_id), [p.transaction for p in batch]
+                )
+        except TimeoutError:
+            exc = exceptions.ThunderheadOutcomeUnknown("submission outlived its lease", 5.0)
+            await self._unknown(batch_id, batch, exc)
+            return
         except exceptions.ThunderheadOutcomeUnknown as exc:
-            logger.warning(
-                "submission outcome unknown; will reconcile before re-sending",
-                extra={"batch_id": str(batch_id), "reason": exc.reason},
-            )
-            await self._close_batch(batch_id, "UNKNOWN")
-            await self._retry(
-                [p.event for p in batch],
-                [p.document for p in batch],
-                "thunderhead_outcome_unknown",
-                exc.reason,
-                exc.retry_after_s,
-                keep_batch=True,
-            )
+            await self._unknown(batch_id, batch, exc)
             return
         except exceptions.ThunderheadTransient as exc:
             await self._close_batch(batch_id, "ABANDONED")
@@ -207,6 +223,26 @@ class ProcessingStage:
         await self._submitted(batch_id, job_id, [p.document.id for p in batch])
 
     # --- settling outcomes --------------------------------------------------------------------
+
+    async def _unknown(
+        self,
+        batch_id: uuid.UUID,
+        batch: list[Pending],
+        exc: exceptions.ThunderheadOutcomeUnknown,
+    ) -> None:
+        logger.warning(
+            "submission outcome unknown; will reconcile before re-sending",
+            extra={"batch_id": str(batch_id), "reason": exc.reason},
+        )
+        await self._close_batch(batch_id, "UNKNOWN")
+        await self._retry(
+            [p.event for p in batch],
+            [p.document for p in batch],
+            "thunderhead_outcome_unknown",
+            exc.reason,
+            exc.retry_after_s,
+            keep_batch=True,
+        )
 
     async def _reconcile(self, event: domain.DocumentRequested, document: store.Claimed) -> bool:
         """Ask Thunderhead whether an earlier, unanswered submission reached it.
@@ -230,17 +266,30 @@ class ProcessingStage:
         live = [j for j in jobs if j.status != "FAILED"] or jobs
         if live:
             metrics.PROCESSING_OUTCOMES.labels("reconciled").inc()
+            # Adopts the job for every document of that batch, not only this one.
             await self._submitted(
                 document.unresolved_batch, live[-1].job_id, [document.id], reconciled=True
             )
             return True
+        sent_at = document.unresolved_batch_created_at or _now()
+        if (_now() - sent_at).total_seconds() < self._settings.lease_s:
+            # Too young to be sure: a send may still be on its way. Ask again later.
+            await self._retry(
+                [event],
+                [document],
+                "reconciliation_pending",
+                "submission may be in flight",
+                self._settings.backoff_base_s,
+                keep_batch=True,
+            )
+            return True
+        async with self._db.acquire() as conn:
+            await store.close_batch(conn, document.unresolved_batch, "ABANDONED", _now())
         if document.attempts >= self._settings.max_attempts:
             await self._fail(
                 [document], "retries_exhausted", "Thunderhead never confirmed the submission"
             )
             return True
-        async with self._db.acquire() as conn:
-            await store.close_batch(conn, document.unresolved_batch, "ABANDONED", _now())
         return False
 
     async def _submitted(
@@ -275,8 +324,7 @@ class ProcessingStage:
         async with self._db.acquire() as conn:
             retries, exhausted = await store.retry_or_exhaust(
                 conn,
-                [d.id for d in documents],
-                self._owner,
+                {d.id: d.lease for d in documents},
                 error,
                 delays,
                 # An unknown outcome never exhausts here: the retry reconciles first.
@@ -304,7 +352,7 @@ class ProcessingStage:
         error = domain.DocumentError(reason=reason, detail=detail, messages=messages or [])
         async with self._db.acquire() as conn:
             failed = await store.fail(
-                conn, [d.id for d in documents], self._owner, error, self._topics, _now()
+                conn, {d.id: d.lease for d in documents}, error, self._topics, _now()
             )
         metrics.PROCESSING_OUTCOMES.labels("failed").inc(len(failed))
 
@@ -314,7 +362,9 @@ class ProcessingStage:
 
     def backoff(self, attempts: int, at_least_s: float) -> float:
         """Exponential backoff with jitter, never shorter than Thunderhead asked."""
-        ceiling = min(self._settings.backoff_max_s, self._settings.backoff_base_s * 2**attempts)
+        ceiling = min(
+            self._settings.backoff_max_s, self._settings.backoff_base_s * 2 ** min(attempts, 30)
+        )
         return max(at_least_s, ceiling * random.uniform(0.5, 1.0))
 
 

@@ -53,7 +53,7 @@ class IntakeService:
         refdata: RefDataClient,
         settings: config.IntakeSettings,
         topics: documents.Topics,
-        processing: PriorityMailbox[domain.DocumentRequested],
+        processing: PriorityMailbox[domain.DocumentRequested] | None,
     ) -> None:
         self.topics = topics
         self._processing = processing
@@ -150,8 +150,11 @@ class IntakeService:
         """Store the request only if processing has room for it, then hand it over.
 
         The slot is reserved first: when the processing mailbox is full the
-        caller gets 503 and nothing is stored half-way.
+        caller gets 503 and nothing is stored half-way. In scheduled mode there
+        is no push, so nothing to reserve.
         """
+        if self._processing is None:  # scheduled mode: processing scans the database
+            return await self._writer.write(item)
         reservation = self._processing.reserve()
         try:
             outcome = await self._writer.write(item)

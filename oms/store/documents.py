@@ -401,8 +401,10 @@ async def cancel(
     """Cancel while Thunderhead does not have the document; None if there is no such document.
 
     The race with a submit is settled here: the UPDATE only matches a document that
-    is RECEIVED, or PROCESSING without a lease (waiting for a retry). A processing
-    actor takes the lease with its own compare-and-set, so exactly one side wins.
+    is RECEIVED, or PROCESSING without a lease and without a batch (waiting for a
+    retry, and never sent — a document whose submission's outcome is unknown may
+    be at Thunderhead). A processing actor takes the lease with its own
+    compare-and-set, so exactly one side wins.
     """
     async with conn.transaction():
         row = await conn.fetchrow(
@@ -412,7 +414,8 @@ async def cancel(
                WHERE d.id = $1 AND old.id = d.id
                  AND ($2::text IS NULL OR d.source_system = $2)
                  AND (d.status = 'RECEIVED'
-                      OR (d.status = 'PROCESSING' AND d.lease_owner IS NULL))
+                      OR (d.status = 'PROCESSING' AND d.lease_owner IS NULL
+                          AND d.batch_id IS NULL))
                RETURNING d.source_system, d.client_reference, old.status AS from_status,
                          d.trace_id""",
             document_id,

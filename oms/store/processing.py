@@ -38,13 +38,17 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     trace_id: str
     previous_status: domain.Status
-    unresolved_batch: uuid.UUID | None  # a submission whose outcome is unknown
+    lease: str  # this claim's own token: every later change must present it
+    # A batch this document was put in before and never settled: Thunderhead may
+    # have it, so reconcile before sending again.
+    unresolved_batch: uuid.UUID | None
+    unresolved_batch_created_at: datetime | None
 
 
 async def claim(
     conn: asyncpg.Connection,
     document_id: uuid.UUID,
-    owner: str,
+    lease_token: str,
     lease: timedelta,
     now: datetime,
 ) -> Claimed | None:
@@ -68,11 +72,11 @@ async def claim(
                          d.document_type, d.channel, d.language, d.brand, d.recipient,
                          d.data::text AS data_json, d.attempts, d.trace_id,
                          old.status AS previous_status, old.lease_owner AS previous_owner,
-                         (SELECT b.id FROM thunderhead_batches b
-                          WHERE b.id = d.batch_id AND b.status IN ('SUBMITTING', 'UNKNOWN'))
-                             AS unresolved_batch""",
+                         d.batch_id AS unresolved_batch,
+                         (SELECT b.created_at FROM thunderhead_batches b WHERE b.id = d.batch_id)
+                             AS unresolved_batch_created_at""",
             document_id,
-            owner,
+            lease_token,
             now,
             lease,
         )
@@ -110,12 +114,14 @@ async def claim(
         attempts=row["attempts"],
         trace_id=row["trace_id"],
         previous_status=previous,
+        lease=lease_token,
         unresolved_batch=row["unresolved_batch"],
+        unresolved_batch_created_at=row["unresolved_batch_created_at"],
     )
 
 
 async def release(
-    conn: asyncpg.Connection, document_id: uuid.UUID, owner: str, now: datetime
+    conn: asyncpg.Connection, document_id: uuid.UUID, lease: str, now: datetime
 ) -> None:
     """Give the lease back without counting an attempt: the document is due again now."""
     await conn.execute(
@@ -123,7 +129,7 @@ async def release(
                next_attempt_at = $3, updated_at = $3
            WHERE id = $1 AND status = 'PROCESSING' AND lease_owner = $2""",
         document_id,
-        owner,
+        lease,
         now,
     )
 
@@ -133,26 +139,34 @@ async def start_batch(
     batch_id: uuid.UUID,
     batch_config_res_id: str,
     enrichments: dict[uuid.UUID, bytes],
-    owner: str,
+    leases: dict[uuid.UUID, str],
+    lease_until: datetime,
     now: datetime,
 ) -> list[uuid.UUID]:
     """Record the batch BEFORE it is sent, so a crash after sending can be reconciled.
 
-    Returns the documents still held by ``owner``: only those go into the batch.
+    Only documents whose lease is still this claim's (and not expired) go in,
+    and their lease is extended to cover the send: nobody else may reconcile
+    or resend them while it may still be on its way.
     """
     async with conn.transaction():
         rows = await conn.fetch(
-            """UPDATE documents d SET batch_id = $1, enrichment = u.enrichment, updated_at = $4
-               FROM unnest($2::uuid[], $3::jsonb[]) AS u(id, enrichment)
-               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = $5
+            """UPDATE documents d SET batch_id = $1, enrichment = u.enrichment, updated_at = $4,
+                   lease_expires_at = $6
+               FROM unnest($2::uuid[], $3::jsonb[], $5::text[]) AS u(id, enrichment, lease)
+               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
+                 AND d.lease_expires_at > $4
                RETURNING d.id""",
             batch_id,
             list(enrichments),
             list(enrichments.values()),
             now,
-            owner,
+            [leases[i] for i in enrichments],
+            lease_until,
         )
         held = [r["id"] for r in rows]
+        if not held:
+            return held
         await conn.execute(
             """INSERT INTO thunderhead_batches (id, batch_config_res_id, status, document_count,
                    created_at)
@@ -186,7 +200,9 @@ async def mark_submitted(
     """PROCESSING → SUBMITTED for the batch's documents, with timeline and outbox rows.
 
     Not conditional on the lease: Thunderhead HAS the job, so the truth is
-    SUBMITTED whoever holds the lease now (only a document still PROCESSING moves).
+    SUBMITTED whoever holds the lease now — for every document of the batch
+    still PROCESSING, not only the one that found the job (the others must not
+    be sent again).
     """
     async with conn.transaction():
         await conn.execute(
@@ -201,7 +217,7 @@ async def mark_submitted(
             """UPDATE documents SET status = 'SUBMITTED', thunderhead_job_id = $2,
                    batch_id = $3, lease_owner = NULL, lease_expires_at = NULL,
                    next_attempt_at = NULL, last_error = NULL, updated_at = $4
-               WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'
+               WHERE (id = ANY($1::uuid[]) OR batch_id = $3) AND status = 'PROCESSING'
                RETURNING id, source_system, client_reference, priority, trace_id""",
             list(document_ids),
             job_id,
@@ -258,8 +274,7 @@ class Retry(msgspec.Struct, frozen=True):
 
 async def retry_or_exhaust(
     conn: asyncpg.Connection,
-    document_ids: Sequence[uuid.UUID],
-    owner: str,
+    leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
     delays: dict[uuid.UUID, timedelta],
     max_attempts: int | None,
@@ -286,16 +301,16 @@ async def retry_or_exhaust(
                                           ELSE $3::timestamptz + u.delay END,
                    status = CASE WHEN d.attempts + 1 >= $5::integer THEN 'FAILED'
                                  ELSE d.status END
-               FROM unnest($1::uuid[], $6::interval[]) AS u(id, delay)
-               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = $2
+               FROM unnest($1::uuid[], $6::interval[], $2::text[]) AS u(id, delay, lease)
+               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
                RETURNING d.id, d.status, d.next_attempt_at, d.attempts, d.source_system,
                          d.client_reference, d.trace_id""",
-            list(document_ids),
-            owner,
+            list(leases),
+            list(leases.values()),
             now,
             msgspec.to_builtins(error),
             max_attempts if max_attempts is not None else 2**31 - 1,
-            [delays[i] for i in document_ids],
+            [delays[i] for i in leases],
             keep_batch,
         )
         retries = [Retry(r["id"], r["next_attempt_at"]) for r in rows if r["status"] != "FAILED"]
@@ -342,8 +357,7 @@ async def retry_or_exhaust(
 
 async def fail(
     conn: asyncpg.Connection,
-    document_ids: Sequence[uuid.UUID],
-    owner: str | None,
+    leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
     topics: Topics,
     now: datetime,
@@ -351,13 +365,13 @@ async def fail(
     """A permanent failure: FAILED at once, Thunderhead's messages kept."""
     async with conn.transaction():
         rows = await conn.fetch(
-            """UPDATE documents SET status = 'FAILED', last_error = $3, lease_owner = NULL,
+            """UPDATE documents d SET status = 'FAILED', last_error = $3, lease_owner = NULL,
                    lease_expires_at = NULL, next_attempt_at = NULL, updated_at = $4
-               WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING'
-                 AND ($2::text IS NULL OR lease_owner = $2)
-               RETURNING id, source_system, client_reference, trace_id""",
-            list(document_ids),
-            owner,
+               FROM unnest($1::uuid[], $2::text[]) AS u(id, lease)
+               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
+               RETURNING d.id, d.source_system, d.client_reference, d.trace_id""",
+            list(leases),
+            list(leases.values()),
             msgspec.to_builtins(error),
             now,
         )

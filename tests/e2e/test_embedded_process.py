@@ -101,11 +101,13 @@ async def test_sigterm_drains_in_flight_requests_and_data_survives_restart(
                     # Stored; processing may have taken it on (the in-process Thunderhead
                     # simulator runs). Re-feeding what a shutdown left RECEIVED is the
                     # sweeper's job.
-                    assert (await response.json())["status"] in {
+                    body = await response.json()
+                    assert body["status"] in {
                         "RECEIVED",
                         "PROCESSING",
                         "SUBMITTED",
-                    }
+                        "COMPLETED",
+                    }, (body["last_error"], body["timeline"])
             async with http.get(f"{oms.url}/v1/documents?limit=200") as response:
                 listed = {d["id"] for d in (await response.json())["items"]}
             # Everything the clients were told was accepted, and nothing else, is stored.

@@ -82,6 +82,9 @@ async def wait_for_statuses(
             await anyio.sleep(0.05)
 
 
+HANDED_OVER = {"SUBMITTED", "COMPLETED"}
+
+
 def counter(metric: Any, *labels: str) -> float:
     return float(metric.labels(*labels)._value.get())
 
@@ -96,7 +99,7 @@ async def test_documents_reach_thunderhead_in_batches(
         database_dsn, refdata_server, thunderhead_server, processing={"batch_max_age_s": 0.3}
     ) as oms:
         ids = await submit_all(oms, [document(f"B-{n}") for n in range(40)])
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED"})
+        rows = await wait_for_statuses(db, ids, HANDED_OVER)
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["transactions"] == 40
     assert stats["calls"]["submitBatch"] <= 4  # 40 documents, a handful of batches
@@ -109,7 +112,7 @@ async def test_documents_reach_thunderhead_in_batches(
     timeline = await db.fetch(
         "SELECT to_status FROM document_timeline WHERE document_id = $1 ORDER BY id", ids[0]
     )
-    assert [t["to_status"] for t in timeline] == ["RECEIVED", "PROCESSING", "SUBMITTED"]
+    assert [t["to_status"] for t in timeline][:3] == ["RECEIVED", "PROCESSING", "SUBMITTED"]
 
 
 async def test_the_shared_rate_limit_holds_across_all_actors(
@@ -127,10 +130,12 @@ async def test_the_shared_rate_limit_holds_across_all_actors(
         thunderhead_settings={"rate_limit_per_s": 5.0, "rate_limit_burst": 1},
     ) as oms:
         ids = await submit_all(oms, [document(f"R-{n}") for n in range(20)])
-        await wait_for_statuses(db, ids, {"SUBMITTED"}, timeout_s=30)
+        await wait_for_statuses(db, ids, HANDED_OVER, timeout_s=30)
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["calls"]["submitBatch"] == 20
-    assert stats["peak_rate_per_s"] <= 5 + 1  # rate plus the burst, in any 1 s window
+    # Submissions and monitoring's polls share the one limit: rate plus the burst,
+    # in any 1 s window.
+    assert stats["peak_rate_per_s"] <= 5 + 1
     assert stats["duplicate_submissions"] == 0
 
 
@@ -152,9 +157,9 @@ async def test_transient_faults_are_retried_then_succeed(
     )
     async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
         ids = await submit_all(oms, [document("T-1")])
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+        rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
-    assert row["status"] == "SUBMITTED"
+    assert row["status"] in HANDED_OVER
     assert row["attempts"] == 3
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["calls"]["submitBatch"] == 4
@@ -174,7 +179,7 @@ async def test_a_business_failure_fails_the_document_with_thunderheads_messages(
     await thunderhead_server.post("/_sim/config", {"business_failure": {"count": 1}})
     async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
         ids = await submit_all(oms, [document("P-1")])
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+        rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
     assert row["status"] == "FAILED"
     assert json.loads(row["last_error"])["reason"] == "thunderhead_rejected"
@@ -199,7 +204,7 @@ async def test_retries_exhausted_fail_the_document(
         database_dsn, refdata_server, thunderhead_server, processing={"max_attempts": 3}
     ) as oms:
         ids = await submit_all(oms, [document("X-1")])
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
+        rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
     assert row["status"] == "FAILED"
     assert json.loads(row["last_error"])["reason"] == "retries_exhausted"
@@ -217,8 +222,8 @@ async def test_a_submit_that_times_out_after_acceptance_is_reconciled_not_resent
     await thunderhead_server.post("/_sim/config", {"accept_then_hang": {"count": 1}})
     async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
         ids = await submit_all(oms, [document(f"U-{n}") for n in range(3)])
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED", "FAILED"})
-    assert {r["status"] for r in rows.values()} == {"SUBMITTED"}
+        rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
+    assert {r["status"] for r in rows.values()} <= HANDED_OVER
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["duplicate_submissions"] == 0
     assert stats["calls"]["findByReference"] >= 1
@@ -246,7 +251,7 @@ async def test_urgent_work_overtakes_a_queued_bulk_load(
         bulk = await submit_all(oms, [document(f"BULK-{n}", priority="bulk") for n in range(15)])
         urgent = await submit_all(oms, [document("URGENT", priority="urgent")])
         pool.resume()
-        await wait_for_statuses(db, bulk + urgent, {"SUBMITTED"})
+        await wait_for_statuses(db, bulk + urgent, HANDED_OVER)
     claims = await db.fetch(
         "SELECT document_id FROM document_timeline WHERE to_status = 'PROCESSING' ORDER BY id"
     )
@@ -260,32 +265,30 @@ async def test_an_actor_that_crashes_mid_message_does_not_lose_it(
     thunderhead_server: SimServer,
 ) -> None:
     restarts_before = counter(metrics.ACTOR_RESTARTS, "processing")
+    # The database refuses processing's writes: an error no actor code expects.
+    await db.execute(
+        """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+           CREATE TRIGGER refuse BEFORE INSERT ON document_timeline FOR EACH ROW
+           WHEN (NEW.actor = 'processing') EXECUTE FUNCTION refuse();"""
+    )
     async with oms_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"restart_backoff_s": 0.05, "max_redeliveries": 50},
-        # No cache: processing asks Reference Data again, and meets the fault.
-        refdata={"ttl_s": 0.0, "revalidate_window_s": 0.0},
     ) as oms:
-        pool = oms.started.pools["processing"]  # type: ignore[union-attr]
-        pool.pause()
         ids = await submit_all(oms, [document("CRASH-1")])
-        # A 400 from Reference Data is an error processing does not expect: the actor dies.
-        await refdata_server.post("/_sim/faults", {"mode": "error", "status": 400})
-        pool.resume()
 
         async def crashed_twice() -> bool:
             return counter(metrics.ACTOR_RESTARTS, "processing") >= restarts_before + 2
 
         await wait_until(crashed_twice, timeout_s=10, what="two actor crashes")
-        assert (await db.fetchval("SELECT status FROM documents WHERE id = $1", ids[0])) in {
-            "RECEIVED",
-            "PROCESSING",
-        }
-        await refdata_server.post("/_sim/faults", {"mode": "ok"})
-        rows = await wait_for_statuses(db, ids, {"SUBMITTED"})
-    assert rows[ids[0]]["status"] == "SUBMITTED"
+        status = await db.fetchval("SELECT status FROM documents WHERE id = $1", ids[0])
+        assert status == "RECEIVED"  # the failed claim rolled back: nothing half-done
+        await db.execute("DROP TRIGGER refuse ON document_timeline")
+        rows = await wait_for_statuses(db, ids, HANDED_OVER)
+    assert rows[ids[0]]["status"] in HANDED_OVER  # the message was redelivered, not lost
 
 
 async def test_intake_answers_503_when_the_processing_mailbox_is_full(
