@@ -27,7 +27,10 @@ class Transaction(msgspec.Struct):
 class Job:
     job_id: str
     batch_name: str
+    batch_config_res_id: str
+    """Empty for generateDocument's one-transaction jobs."""
     submitted_at: float
+    """``time.monotonic()`` time (the job file keeps wall-clock time)."""
     per_document_s: float
     transactions: list[Transaction]
     fails: list[bool]
@@ -38,6 +41,7 @@ def new_job(
     batch_name: str,
     transactions: list[Transaction],
     *,
+    batch_config_res_id: str,
     now: float,
     per_document_s: float,
     failure_ratio: float,
@@ -45,6 +49,7 @@ def new_job(
     return Job(
         job_id=f"J-{uuid.uuid4().hex}",
         batch_name=batch_name,
+        batch_config_res_id=batch_config_res_id,
         submitted_at=now,
         per_document_s=per_document_s,
         transactions=transactions,

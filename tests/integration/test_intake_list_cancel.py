@@ -271,3 +271,29 @@ async def test_cancel_while_waiting_for_a_retry_succeeds(
         "CANCELLED",
     )
     assert len(await _cancelled_events(db, accepted["id"])) == 1
+
+
+async def test_cancel_while_a_submissions_outcome_is_unknown_is_409(
+    oms: RunningOms, db: asyncpg.Connection
+) -> None:
+    """Waiting for a retry, but its last batch may be at Thunderhead: cancel must lose."""
+    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+        accepted = await submit(http, document("C-1"))
+        document_id = uuid.UUID(accepted["id"])
+        batch_id = uuid.uuid4()
+        await db.execute(
+            """INSERT INTO thunderhead_batches (id, batch_config_res_id, status, document_count)
+               VALUES ($1, 'BC-x', 'UNKNOWN', 1)""",
+            batch_id,
+        )
+        await db.execute(
+            """UPDATE documents SET status = 'PROCESSING', lease_owner = NULL, attempts = 1,
+                   next_attempt_at = now() + interval '1 minute', batch_id = $2
+               WHERE id = $1""",
+            document_id,
+            batch_id,
+        )
+        async with http.post(accepted["links"]["cancel"]) as response:
+            problem = await expect_problem(response, 409, "cancel-rejected")
+    assert problem["current_status"] == "PROCESSING"
+    assert await _cancelled_events(db, accepted["id"]) == []
