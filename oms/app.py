@@ -82,7 +82,7 @@ async def run(
             RefDataClient(msgspec.structs.replace(settings.refdata, base_url=refdata_url))
         )
         thunderhead_url = settings.thunderhead.base_url or await _start_simulator(
-            stack, thunderhead_sim.make_app()
+            stack, thunderhead_sim.make_app(state_file=_simulator_state_file(settings))
         )
         thunderhead = await stack.enter_async_context(
             ThunderheadClient(
@@ -268,6 +268,14 @@ async def _prepare_database(pool: asyncpg.Pool, *, demo_keys: bool) -> None:
             await api_keys.upsert(conn, DEMO_ADMIN_KEY, "admin", "admin", is_demo=True)
         elif await api_keys.deactivate_demo_keys(conn):
             logger.warning("demo API keys found in a real database were deactivated")
+
+
+def _simulator_state_file(settings: config.Settings) -> Path | None:
+    """On the embedded default the simulated Thunderhead keeps its jobs beside the
+    database, so both survive a restart together (as a real tenant would)."""
+    if not settings.embedded:
+        return None
+    return Path(settings.database.data_dir).resolve().parent / "thunderhead-sim.jsonl"
 
 
 async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from oms.sim import _thunderhead_jobs as job_model
 from oms.sim._thunderhead_config import ENDPOINTS, Endpoint, Inject, SimConfig
+from oms.sim._thunderhead_store import JobFile
 
 HANG_S = 600.0
 """Longer than any client timeout, but bounded so a forgotten hang ends."""
@@ -51,12 +52,16 @@ class State:
     jobs: dict[str, job_model.Job] = dataclasses.field(default_factory=dict)
     by_reference: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     stats: Stats = dataclasses.field(default_factory=Stats)
+    job_file: JobFile | None = None
+    """Where accepted jobs are kept across restarts; None keeps them in memory only."""
     # Set (and replaced) on reset and on shutdown, so hung requests and latency
     # sleeps end then instead of holding up a test or a graceful stop.
     release: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def reset(self) -> None:
-        """Forget jobs and stats, and end hung calls; knobs and tokens stay."""
+        """Forget jobs (the job file too) and stats, end hung calls; knobs and tokens stay."""
+        if self.job_file is not None:
+            self.job_file.truncate()
         self.jobs.clear()
         self.by_reference.clear()
         self.stats = Stats()

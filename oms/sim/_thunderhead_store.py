@@ -56,7 +56,7 @@ class JobFile:
         next job appended does not land on the end of it.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - kept open, closed by close()
         self._file.seek(0)
         content = self._file.read()
         offset = _wall_minus_monotonic()
@@ -125,4 +125,3 @@ def _job(record: _Record, wall_minus_monotonic: float) -> job_model.Job:
         transactions=record.transactions,
         fails=record.fails,
     )
-

@@ -5,6 +5,8 @@ Runs in-process on the embedded default or standalone
 with background tasks: a job keeps the moment it was submitted and its status is
 computed whenever it is read. Knobs under ``/_sim/config`` inject faults, hangs,
 latency and a server-side rate limit; ``/_sim/stats`` counts what the client did.
+With a state file (``make_app(state_file=...)``, ``--state-file``) the jobs it
+accepted, and the stats that come of them, outlive a restart.
 
 It imports nothing from OMS, so a bug in OMS's client cannot hide itself here.
 """
@@ -16,6 +18,8 @@ import base64
 import binascii
 import secrets
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,6 +35,7 @@ from oms.sim._thunderhead_config import (
     Inject,
     SimConfig,
 )
+from oms.sim._thunderhead_store import JobFile
 
 __all__ = [
     "API_PATH",
@@ -68,11 +73,19 @@ _transaction_decoder = msgspec.json.Decoder(job_model.Transaction)
 _transactions_decoder = msgspec.json.Decoder(list[job_model.Transaction])
 
 
-def make_app(config: SimConfig | None = None) -> web.Application:
-    """Build the simulator app, its knobs set to ``config`` (default: no faults)."""
+def make_app(config: SimConfig | None = None, *, state_file: Path | None = None) -> web.Application:
+    """Build the simulator app, its knobs set to ``config`` (default: no faults).
+
+    With ``state_file``, every job accepted is appended to it, and on start the jobs
+    already there are taken back (with ``by_reference`` and the job stats), so a
+    restarted simulator still answers for them and still counts duplicates.
+    """
     # Read bodies well past the cap so an oversized request gets our 413, not a reset.
     app = web.Application(middlewares=[gate.middleware], client_max_size=4 * MAX_BODY_BYTES)
     app[STATE] = gate.State(config=config or SimConfig())
+    if state_file is not None:
+        app[STATE].job_file = JobFile(state_file)
+        app.cleanup_ctx.append(_job_file)
     add = app.router.add_route
     add("POST", TOKEN_PATH, _token, name="token")
     add("POST", f"{API_PATH}/submitBatch", _submit_batch, name="submitBatch")
@@ -174,7 +187,7 @@ async def _submit_batch(request: web.Request) -> web.Response:
         _check_reference(tx)
     if (failure := gate.take(state, "business_failure", "submitBatch")) is not None:
         return gate.answer(request, _business_failure(failure.form, batch.batchName))
-    job = _create_job(state, batch.batchName, transactions)
+    job = _create_job(state, batch.batchName, transactions, batch.batchConfigResId)
     if gate.take(state, "accept_then_hang", "submitBatch") is not None:
         await gate.hang(state)
     return gate.answer(request, {"jobId": job.job_id})
@@ -188,7 +201,7 @@ async def _generate_document(request: web.Request) -> web.Response:
     except msgspec.DecodeError as exc:
         raise _bad_request("INVALID_REQUEST", str(exc)) from None
     _check_reference(tx)
-    job = _create_job(state, "", [tx])
+    job = _create_job(state, "", [tx], "")
     await gate.pause(state, job.per_document_s)  # composed while the caller waits
     answer: dict[str, Any] = {"jobId": job.job_id, "correlationReference": tx.correlationReference}
     if job.fails[0]:
@@ -244,26 +257,51 @@ def _business_failure(form: str, batch_name: str) -> dict[str, Any]:
 
 
 def _create_job(
-    state: gate.State, batch_name: str, transactions: list[job_model.Transaction]
+    state: gate.State,
+    batch_name: str,
+    transactions: list[job_model.Transaction],
+    batch_config_res_id: str,
 ) -> job_model.Job:
-    """Record a job; count its transactions, and those whose reference came before."""
+    """Create a job, write it to the job file if there is one, and record it."""
     config = state.config
     job = job_model.new_job(
         batch_name,
         transactions,
+        batch_config_res_id=batch_config_res_id,
         now=time.monotonic(),
         per_document_s=config.processing_s_per_document,
         failure_ratio=config.failure_ratio,
     )
+    if state.job_file is not None:
+        state.job_file.append(job)  # before the call is answered
+    _record_job(state, job)
+    return job
+
+
+def _record_job(state: gate.State, job: job_model.Job) -> None:
+    """Keep a job; count its transactions, and those whose reference came before."""
     state.jobs[job.job_id] = job
-    state.stats.transactions += len(transactions)
-    for tx in transactions:
+    state.stats.transactions += len(job.transactions)
+    for tx in job.transactions:
         held_by = state.by_reference.setdefault(tx.correlationReference, [])
         if held_by:
             state.stats.duplicates[tx.correlationReference] += 1
         if job.job_id not in held_by:
             held_by.append(job.job_id)
-    return job
+
+
+async def _job_file(app: web.Application) -> AsyncIterator[None]:
+    """On start, take back the jobs of the job file; on cleanup, close it."""
+    state = app[STATE]
+    job_file = state.job_file
+    assert job_file is not None
+    for job in job_file.open():
+        if job.job_id not in state.jobs:
+            _record_job(state, job)
+    try:
+        yield
+    finally:
+        job_file.close()
 
 
 # --- /_sim ------------------------------------------------------------------
@@ -321,12 +359,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config", default="{}", help="initial knobs as JSON, e.g. '{\"failure_ratio\": 0.1}'"
     )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=None,
+        help="keep accepted jobs in this file (JSON lines) so they outlive a restart",
+    )
     args = parser.parse_args(argv)
     try:
         config = msgspec.json.decode(args.config, type=SimConfig)
     except msgspec.DecodeError as exc:
         parser.error(f"--config: {exc}")
-    web.run_app(make_app(config), host=args.host, port=args.port)
+    web.run_app(make_app(config, state_file=args.state_file), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

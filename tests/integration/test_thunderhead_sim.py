@@ -10,8 +10,10 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -128,8 +130,8 @@ def batch(*references: str, batch_config: str = BATCH_CONFIG) -> dict[str, Any]:
     }
 
 
-async def start(config: sim.SimConfig | None = None) -> Simulator:
-    runner = web.AppRunner(sim.make_app(config), shutdown_timeout=5)
+async def start(config: sim.SimConfig | None = None, state_file: Path | None = None) -> Simulator:
+    runner = web.AppRunner(sim.make_app(config, state_file=state_file), shutdown_timeout=5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
@@ -542,3 +544,144 @@ async def test_unknown_knob_is_refused(th: Simulator) -> None:
         assert r.status == 400
     async with th.session.post(f"{th.url}/_sim/config", json={"failure_ratio": 2}) as r:
         assert r.status == 400
+
+
+# --- the state file ---------------------------------------------------------
+
+
+def state_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def test_jobs_survive_a_restart_on_the_same_state_file(tmp_path: Path) -> None:
+    state_file = tmp_path / "th" / "jobs.jsonl"
+    config = sim.SimConfig(processing_s_per_document=1.0)
+    first = await start(config, state_file)
+    try:
+        await first.login()
+        status, body = await first.submit("doc-1", "doc-2")
+        assert status == 200, body
+        job_id = body["jobId"]
+        # Written before the answer: a kill -9 now would keep it.
+        (line,) = state_lines(state_file)
+        assert line["job_id"] == job_id
+        assert line["batch_name"] == "0b6f3c1e-batch"
+        assert line["batch_config_res_id"] == BATCH_CONFIG
+        assert abs(line["submitted_at"] - time.time()) < 5  # wall clock, not monotonic
+        assert [t["correlationReference"] for t in line["transactions"]] == ["doc-1", "doc-2"]
+        old_token = first.token
+    finally:
+        await first.stop()
+
+    second = await start(config, state_file)
+    try:
+        second.token = old_token  # tokens are not kept: the client just gets a new one
+        assert (await second.call("GET", f"{API}/{job_id}"))[0] == 401
+        await second.login()
+        status, job = await second.call("GET", f"{API}/{job_id}")
+        assert status == 200, job
+        assert job["status"] in {"PENDING", "RUNNING"}  # still on the clock it started on
+        assert job["batchName"] == "0b6f3c1e-batch"
+        _, found = await second.call("GET", API, params={"reference": "doc-2"})
+        assert [j["jobId"] for j in found["jobs"]] == [job_id]
+        _seen, final = await second.wait_final(job_id)
+        assert final["status"] == "COMPLETED"
+        assert [t["status"] for t in final["transactions"]] == ["COMPLETED", "COMPLETED"]
+        stats = await second.stats()
+        assert (stats["jobs"], stats["transactions"], stats["duplicate_submissions"]) == (1, 2, 0)
+        assert stats["calls"]["submitBatch"] == 0  # call counters start again
+    finally:
+        await second.stop()
+
+
+async def test_a_duplicate_across_a_restart_is_counted(tmp_path: Path) -> None:
+    state_file = tmp_path / "jobs.jsonl"
+    config = sim.SimConfig(processing_s_per_document=0.02)
+    first = await start(config, state_file)
+    try:
+        await first.login()
+        await first.configure(accept_then_hang={"count": 1})
+        with pytest.raises(TimeoutError):  # accepted, but the answer never came
+            await first.submit("doc-1", timeout_s=0.3)
+        status, _ = await first.call("POST", f"{API}/generateDocument", json=transaction("doc-2"))
+        assert status == 200
+    finally:
+        await first.stop()
+
+    second = await start(config, state_file)
+    try:
+        await second.login()
+        stats = await second.stats()
+        assert (stats["jobs"], stats["transactions"], stats["duplicate_submissions"]) == (2, 2, 0)
+        _, found = await second.call("GET", API, params={"reference": "doc-2"})
+        assert [j["batchName"] for j in found["jobs"]] == [""]
+        _, body = await second.submit("doc-1")
+        stats = await second.stats()
+        assert stats["duplicate_submissions"] == 1
+        assert stats["duplicates"] == {"doc-1": 1}
+        assert (stats["jobs"], stats["transactions"]) == (3, 3)
+        _, found = await second.call("GET", API, params={"reference": "doc-1"})
+        assert len(found["jobs"]) == 2
+        assert found["jobs"][1]["jobId"] == body["jobId"]
+    finally:
+        await second.stop()
+
+
+async def test_a_torn_last_line_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_file = tmp_path / "jobs.jsonl"
+    first = await start(state_file=state_file)
+    try:
+        await first.login()
+        _, body = await first.submit("doc-1")
+    finally:
+        await first.stop()
+    with state_file.open("ab") as f:  # killed halfway through writing a job
+        f.write(b'{"job_id": "J-torn", "batch_name": "b", "batchConf')
+
+    with caplog.at_level(logging.WARNING):
+        second = await start(state_file=state_file)
+    try:
+        assert "torn" in caplog.text
+        await second.login()
+        assert (await second.call("GET", f"{API}/{body['jobId']}"))[0] == 200
+        assert (await second.call("GET", f"{API}/J-torn"))[0] == 404
+        assert (await second.submit("doc-2"))[0] == 200
+    finally:
+        await second.stop()
+    # The torn tail was cut off, so the job written after it is a line of its own.
+    assert [
+        line["transactions"][0]["correlationReference"] for line in state_lines(state_file)
+    ] == [
+        "doc-1",
+        "doc-2",
+    ]
+    third = await start(state_file=state_file)
+    try:
+        assert (await third.stats())["jobs"] == 2
+    finally:
+        await third.stop()
+
+
+async def test_reset_truncates_the_state_file(tmp_path: Path) -> None:
+    state_file = tmp_path / "jobs.jsonl"
+    first = await start(state_file=state_file)
+    try:
+        await first.login()
+        _, old = await first.submit("doc-1")
+        await first.configure(reset=True)
+        assert state_file.read_bytes() == b""
+        _, new = await first.submit("doc-2")
+        assert [line["job_id"] for line in state_lines(state_file)] == [new["jobId"]]
+    finally:
+        await first.stop()
+    second = await start(state_file=state_file)
+    try:
+        await second.login()
+        assert (await second.call("GET", f"{API}/{old['jobId']}"))[0] == 404
+        assert (await second.call("GET", f"{API}/{new['jobId']}"))[0] == 200
+        stats = await second.stats()
+        assert (stats["jobs"], stats["duplicate_submissions"]) == (1, 0)
+    finally:
+        await second.stop()
