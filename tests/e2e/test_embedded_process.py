@@ -98,9 +98,6 @@ async def test_sigterm_drains_in_flight_requests_and_data_survives_restart(
             for document_id in accepted:
                 async with http.get(f"{oms.url}/v1/documents/{document_id}") as response:
                     assert response.status == 200
-                    # Stored; processing may have taken it on (the in-process Thunderhead
-                    # simulator runs). Re-feeding what a shutdown left RECEIVED is the
-                    # sweeper's job.
                     body = await response.json()
                     # Stored; the pipeline may have taken it on or finished it. What a
                     # shutdown left RECEIVED the restarted sweeper re-feeds.
