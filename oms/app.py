@@ -34,8 +34,8 @@ from oms.actors.processing import ProcessingStage
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
+from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
-from oms.http import auth, health, intake
 from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
@@ -160,6 +160,9 @@ async def run(
                 pool, settings.intake.api_key_cache_ttl_s
             )
             app[health.READINESS] = lambda: _readiness(pool, thunderhead)
+            pools = {"processing": processing_pool, "monitoring": monitoring_pool}
+            app[admin.POOLS] = pools
+            app[admin.POKE_RELAY] = _ignore
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
@@ -176,7 +179,7 @@ async def run(
                 refdata_url,
                 thunderhead_url,
                 settings.embedded,
-                {"processing": processing_pool, "monitoring": monitoring_pool},
+                pools,
             )
             logger.info("OMS listening", extra={"url": started.base_url})
             task_status.started(started)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from oms import exceptions, metrics
 from oms.db.pool import CONNECTION_ERRORS
-from oms.http import auth, health, intake, openapi, problems
+from oms.http import admin, auth, health, intake, openapi, problems
 from oms.http.routes import Handler, RouteSpec, register
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ _AUTH_BY_ROUTE = web.AppKey("auth_by_route", dict)
 
 
 def all_routes() -> list[RouteSpec]:
-    return [*intake.ROUTES, *health.ROUTES, openapi.ROUTE]
+    return [*intake.ROUTES, *admin.ROUTES, *health.ROUTES, openapi.ROUTE]
 
 
 @web.middleware

@@ -118,7 +118,7 @@ async def test_every_error_response_is_a_problem(spec: dict[str, Any]) -> None:
 
 async def test_authenticated_routes_document_401_and_403(spec: dict[str, Any]) -> None:
     for method, path, operation in _operations(spec):
-        if path.startswith("/v1/"):
+        if path.startswith(("/v1/", "/admin/api/")):
             assert operation["security"] == [{"bearerAuth": []}], (method, path)
             assert {"401", "403"} <= set(operation["responses"]), (method, path)
             assert problems.UNAUTHORIZED.uri in operation["responses"]["401"]["description"]
