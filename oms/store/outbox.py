@@ -92,11 +92,12 @@ async def fetch_due(conn: asyncpg.Connection, limit: int, now: datetime) -> list
 
 
 async def mark_published(conn: asyncpg.Connection, ids: Sequence[int], now: datetime) -> int:
-    """Mark rows published in one statement; returns how many were still unpublished."""
+    """Mark live rows published in one statement; returns how many it marked."""
     if not ids:
         return 0
     status = await conn.execute(
-        "UPDATE outbox SET published_at = $2 WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
+        """UPDATE outbox SET published_at = $2
+           WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND dead_at IS NULL""",
         list(ids),
         now,
     )
