@@ -91,3 +91,56 @@ async def test_intake_answers_503_while_the_database_is_down_and_recovers(
     # What was accepted is there; what was refused with 503 is not.
     assert "before" in stored
     assert "during" not in stored
+
+
+async def test_the_pipeline_survives_a_database_restart_mid_run(
+    own_postgres: embedded.EmbeddedPostgres, refdata_server: RefDataSim
+) -> None:
+    """Actors meet a dead database mid-work; once it is back every document still ends final."""
+    conn = await asyncpg.connect(own_postgres.dsn)
+    await migrate.migrate(conn)
+    await api_keys.upsert(conn, SOURCE_KEY, "acme-policy", "source")
+    await conn.close()
+    running = RunningOms(
+        make_settings(
+            own_postgres.dsn,
+            refdata_server.url,
+            database={"connect_timeout_s": 1.0, "command_timeout_s": 2.0},
+            processing={
+                "start_paused": False,
+                "batch_max_age_s": 0.1,
+                "lease_s": 3.0,
+                "restart_backoff_s": 0.05,
+                "max_redeliveries": 100,
+                "backoff_base_s": 0.05,
+                "backoff_max_s": 0.5,
+            },
+            monitoring={"poll_initial_s": 0.1, "poll_max_s": 0.5},
+            sweeper={"interval_s": 0.5, "received_after_s": 1.0, "submitted_unpolled_after_s": 1.0},
+        )
+    )
+    await running.start()
+    try:
+        async with aiohttp.ClientSession(running.url, headers=HEADERS) as http:
+            accepted = []
+            for n in range(30):
+                async with http.post("/v1/documents", json=document(f"M-{n}")) as response:
+                    assert response.status == 202
+                    accepted.append((await response.json())["id"])
+            own_postgres.stop(mode="immediate")  # mid-run: claims, batches, polls in flight
+            await anyio.sleep(1.5)
+            own_postgres.start()
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        conn = await asyncpg.connect(own_postgres.dsn)
+                        rows = await conn.fetch("SELECT status FROM documents")
+                        await conn.close()
+                    except (OSError, asyncpg.PostgresError):
+                        rows = []
+                    if len(rows) == 30 and all(r["status"] == "COMPLETED" for r in rows):
+                        break
+                    await anyio.sleep(0.2)
+    finally:
+        await running.stop()
+    assert len(accepted) == 30
