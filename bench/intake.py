@@ -113,6 +113,10 @@ class Oms:
             "OMS_DATABASE__DSN": dsn,
             "OMS_SERVER__HOST": "127.0.0.1",
             "OMS_SERVER__PORT": str(self.port),
+            "OMS_KAFKA__EMBEDDED_PORT": str(free_port()),
+            # Intake alone is measured: processing stays paused.
+            "OMS_PROCESSING__START_PAUSED": "true",
+            "OMS_PROCESSING__MAILBOX_CAPACITY": "2000000",
             "OMS_LOGGING__LEVEL": "WARNING",
             "OMS_INTAKE__GROUP_COMMIT": "true" if group_commit else "false",
         }
