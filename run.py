@@ -36,6 +36,7 @@ def _print_banner(started: app.Started) -> None:
     lines = [f"OMS is listening on {started.base_url}", f"  database:       {started.dsn}"]
     lines.append(f"  reference data: {started.refdata_url}")
     lines.append(f"  thunderhead:    {started.thunderhead_url}")
+    lines.append(f"  kafka:          {started.kafka_bootstrap}")
     if started.demo_keys:
         lines += [
             f"  demo source-system key (source system '{app.DEMO_SOURCE_SYSTEM}'): "

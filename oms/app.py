@@ -62,6 +62,7 @@ class Started(msgspec.Struct, frozen=True):
     dsn: str
     refdata_url: str
     thunderhead_url: str
+    kafka_bootstrap: str
     demo_keys: bool
     pools: dict[str, ActorPool[Any]]
 
@@ -194,6 +195,7 @@ async def run(
                 dsn,
                 refdata_url,
                 thunderhead_url,
+                bootstrap,
                 settings.embedded,
                 pools,
             )
