@@ -46,3 +46,6 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiokafka logs an ERROR per reconnect attempt while Kafka is down; the relay
+    # reports the outage itself (once per failure, plus readiness and metrics).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
