@@ -112,10 +112,12 @@ async def run(
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         events_mode = settings.pipeline.mode == "events"
         requested = bus.PriorityMailbox[domain.DocumentRequested](
-            "document.requested", settings.processing.mailbox_capacity
+            "document.requested",
+            settings.processing.mailbox_capacity,
+            key=lambda event: event.document_id,
         )
         polls = bus.PriorityMailbox[PollJob](
-            "monitoring.poll", settings.monitoring.mailbox_capacity
+            "monitoring.poll", settings.monitoring.mailbox_capacity, key=lambda job: job.job_id
         )
         monitoring = MonitoringStage(
             pool, thunderhead, settings.monitoring, topics, polls, push=events_mode

@@ -13,6 +13,7 @@ caller can answer 503 before anything is written.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 import anyio
@@ -53,9 +54,15 @@ class Reservation(Generic[M]):
 
 
 class PriorityMailbox(Generic[M]):
-    def __init__(self, name: str, capacity: int) -> None:
+    def __init__(
+        self, name: str, capacity: int, *, key: Callable[[M], Hashable] | None = None
+    ) -> None:
+        """``key`` names what a message is about: a message whose key is already
+        waiting is not queued twice (the sweeper and a retry may both find it)."""
         self.name = name
         self.capacity = capacity
+        self._key = key
+        self._waiting: set[Hashable] = set()
         self._lanes: list[OrderedDict[str, deque[M]]] = [OrderedDict() for _ in range(LANES)]
         self._size = 0
         self._reserved = 0
@@ -80,8 +87,17 @@ class PriorityMailbox(Generic[M]):
         self._reserved += 1
         return Reservation(self)
 
+    def holds(self, message: M) -> bool:
+        """True when a message with the same key is waiting already."""
+        return self._key is not None and self._key(message) in self._waiting
+
     def offer(self, message: M) -> bool:
-        """Put without a reservation; False (counted) when full or closed."""
+        """Put without a reservation; False (counted) when full or closed.
+
+        True as well when the same key is waiting already: it is not queued twice.
+        """
+        if self.holds(message):
+            return True
         if self._closed or self.free <= 0:
             metrics.QUEUE_DROPPED.labels(self.name).inc()
             return False
@@ -110,6 +126,11 @@ class PriorityMailbox(Generic[M]):
         self._ready.set()
 
     def _push(self, message: M, *, front: bool) -> None:
+        if self._key is not None:
+            key = self._key(message)
+            if key in self._waiting:
+                return
+            self._waiting.add(key)
         lane = self._lanes[message.priority_rank]
         queue = lane.get(message.fairness_key)
         if queue is None:
@@ -134,6 +155,8 @@ class PriorityMailbox(Generic[M]):
             else:
                 del lane[key]
             self._size -= 1
+            if self._key is not None:
+                self._waiting.discard(self._key(message))
             if self._size == 0 and not self._closed:
                 self._ready = anyio.Event()
             self._changed()

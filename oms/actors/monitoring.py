@@ -113,6 +113,11 @@ class MonitoringStage:
         self.mailbox = mailbox
         self._push = push  # events mode: keep the in-memory schedule; scheduled: the DB does
         self.schedule = PollSchedule(settings.schedule_max)
+        # Jobs handed to the pollers and not finished yet: never handed over twice.
+        self._in_hand: set[str] = set()
+
+    def is_watching(self, job_id: str) -> bool:
+        return job_id in self.schedule or job_id in self._in_hand
 
     # --- feeding ----------------------------------------------------------------------------
 
@@ -126,9 +131,13 @@ class MonitoringStage:
 
     def watch(self, job: PollJob, delay_s: float = 0.0) -> None:
         """A job found in the database (start-up, sweeper, scheduled scan)."""
+        if self.is_watching(job.job_id):
+            return
         if self._push:
             self.schedule.add(job, delay_s)
-        elif not self.mailbox.offer(job):
+        elif self.mailbox.offer(job):
+            self._in_hand.add(job.job_id)
+        else:
             logger.warning("poll mailbox full; the next scan brings the job back")
 
     async def run_schedule(
@@ -144,20 +153,37 @@ class MonitoringStage:
                     await self.schedule.changed.wait()
                 continue
             job = self.schedule.pop()
-            if not self.mailbox.offer(job):
+            if self.mailbox.offer(job):
+                self._in_hand.add(job.job_id)
+            else:
                 self.schedule.add(job, 1.0)  # pollers are behind: try again shortly
 
     # --- the poller actor's handler --------------------------------------------------------------
 
     async def poll(self, job: PollJob) -> None:
         try:
+            await self._poll(job)
+        finally:
+            self._in_hand.discard(job.job_id)
+
+    async def _poll(self, job: PollJob) -> None:
+        overdue = datetime.now(UTC) - job.submitted_at > timedelta(
+            seconds=self._settings.job_deadline_s
+        )
+        try:
             status = await self._thunderhead.job_status(job.job_id)
         except exceptions.ThunderheadTransient as exc:
+            if overdue:  # Thunderhead never answered usefully in time: give up
+                await self._settle_all_failed(job, "job_deadline_exceeded", exc.reason)
+                return
             await self._again(job, "UNKNOWN", max(exc.retry_after_s, self._interval(job)))
             return
         except exceptions.ThunderheadRejected as exc:
             if exc.status == 404:
                 await self._settle_all_failed(job, "thunderhead_job_lost", exc.reason)
+                return
+            if overdue:
+                await self._settle_all_failed(job, "job_deadline_exceeded", exc.reason)
                 return
             logger.warning("job status refused: %s", exc, extra={"job_id": job.job_id})
             await self._again(job, "UNKNOWN", self._interval(job))
@@ -165,15 +191,14 @@ class MonitoringStage:
         if status.status in FINAL:
             await self._settle(job, status)
             return
-        age = datetime.now(UTC) - job.submitted_at
-        if age > timedelta(seconds=self._settings.job_deadline_s):
+        if overdue:
             await self._settle(job, status, deadline_passed=True)
             return
         await self._again(job, status.status, self._interval(job))
 
     def _interval(self, job: PollJob) -> float:
-        grown = self._settings.poll_initial_s * self._settings.poll_growth ** (job.polls + 1)
-        return min(self._settings.poll_max_s, grown)
+        growth = self._settings.poll_growth ** min(job.polls + 1, 64)
+        return min(self._settings.poll_max_s, self._settings.poll_initial_s * growth)
 
     async def _again(self, job: PollJob, status: str, delay_s: float) -> None:
         next_poll_at = datetime.now(UTC) + timedelta(seconds=delay_s)

@@ -175,18 +175,17 @@ class ProcessingStage:
         batch_id = domain.uuid7()
         now = _now()
         async with self._db.acquire() as conn:
-            held = set(
-                await store.start_batch(
-                    conn,
-                    batch_id,
-                    batch_config_res_id,
-                    {p.document.id: _encode(p.enrichment) for p in batch},
-                    {p.document.id: p.document.lease for p in batch},
-                    now + self._lease,
-                    now,
-                )
+            held = await store.start_batch(
+                conn,
+                batch_id,
+                batch_config_res_id,
+                {p.document.id: _encode(p.enrichment) for p in batch},
+                {p.document.id: p.document.lease for p in batch},
+                now + self._lease,
+                now,
             )
-        batch = [p for p in batch if p.document.id in held]
+        # By id AND claim: two claims of one document never both go (a stale one is out).
+        batch = [p for p in batch if (p.document.id, p.document.lease) in held]
         if not batch:
             return
         metrics.BATCH_DOCUMENTS.observe(len(batch))

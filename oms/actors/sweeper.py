@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -66,19 +67,22 @@ class Sweeper:
                 )
             return
         # Start-up: pick up what a previous run left (stopped or killed), at once.
-        await self._guarded(self.sweep, startup=True)
+        await self._guarded(lambda: self.sweep(startup=True))
         await self._every(self._settings.interval_s, self.sweep)
 
-    async def _every(self, interval_s: float, scan: object) -> None:
+    async def _every(self, interval_s: float, scan: Callable[[], Awaitable[object]]) -> None:
         while True:
             await anyio.sleep(interval_s)
-            await self._guarded(scan)  # type: ignore[arg-type]
+            await self._guarded(scan)
 
-    async def _guarded(self, scan: object, **kwargs: bool) -> None:
+    async def _guarded(self, scan: Callable[[], Awaitable[object]]) -> None:
+        """A failed pass is logged and the next one tries again: never kill the process."""
         try:
-            await scan(**kwargs)  # type: ignore[operator]
+            await scan()
         except CONNECTION_ERRORS as exc:
             logger.warning("sweep skipped: database unavailable (%s)", exc)
+        except Exception:
+            logger.exception("sweep failed; trying again at the next interval")
 
     async def sweep(self, *, startup: bool = False) -> None:
         """One safety-net pass (events mode)."""
@@ -94,7 +98,11 @@ class Sweeper:
                 conn, now, now - timedelta(seconds=threshold_s), self._settings.batch_size
             )
         self._forget_old()
-        fresh = [f for f in found if f.event.document_id not in self._recent]
+        fresh = [
+            f
+            for f in found
+            if f.event.document_id not in self._recent and not self._processing.holds(f.event)
+        ]
         fed = []
         for item in fresh:
             if not self._processing.offer(item.event):
@@ -118,7 +126,7 @@ class Sweeper:
             )
         count = 0
         for job in jobs:
-            if job.job_id in self._monitoring.schedule:
+            if self._monitoring.is_watching(job.job_id):
                 continue
             self._monitoring.watch(
                 PollJob(job.batch_id, job.job_id, job.submitted_at, job.polls, job.priority)

@@ -132,7 +132,7 @@ async def settle(
         await journal.append_outbox(conn, events, now)
         await conn.execute(
             """UPDATE thunderhead_batches SET status = $2, finished_at = $3, polls = polls + 1
-               WHERE id = $1""",
+               WHERE id = $1 AND finished_at IS NULL""",
             batch_id,
             job_status,
             now,

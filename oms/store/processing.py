@@ -142,7 +142,7 @@ async def start_batch(
     leases: dict[uuid.UUID, str],
     lease_until: datetime,
     now: datetime,
-) -> list[uuid.UUID]:
+) -> set[tuple[uuid.UUID, str]]:
     """Record the batch BEFORE it is sent, so a crash after sending can be reconciled.
 
     Only documents whose lease is still this claim's (and not expired) go in,
@@ -156,7 +156,7 @@ async def start_batch(
                FROM unnest($2::uuid[], $3::jsonb[], $5::text[]) AS u(id, enrichment, lease)
                WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
                  AND d.lease_expires_at > $4
-               RETURNING d.id""",
+               RETURNING d.id, d.lease_owner""",
             batch_id,
             list(enrichments),
             list(enrichments.values()),
@@ -164,7 +164,7 @@ async def start_batch(
             [leases[i] for i in enrichments],
             lease_until,
         )
-        held = [r["id"] for r in rows]
+        held = {(r["id"], r["lease_owner"]) for r in rows}
         if not held:
             return held
         await conn.execute(

@@ -187,3 +187,25 @@ def test_the_poll_schedule_holds_jobs_not_documents() -> None:
     assert schedule.next_due_in() <= 0  # type: ignore[operator]
     assert schedule.pop().job_id == "J-0"
     assert len(schedule) == 999
+
+
+async def test_a_job_whose_status_never_answers_fails_after_the_deadline(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post(
+        "/_sim/config", {"inject": [{"status": 500, "count": 10_000, "endpoint": "jobStatus"}]}
+    )
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        monitoring={**FAST_POLLS, "job_deadline_s": 1.0},
+        thunderhead_settings={"wait_500_s": 0.1},
+    ) as oms:
+        ids = await submit_all(oms, [document("E-1")])
+        rows = await wait_for_statuses(db, ids, FINAL)
+    assert rows[ids[0]]["status"] == "FAILED"
+    assert json.loads(rows[ids[0]]["last_error"])["reason"] == "job_deadline_exceeded"

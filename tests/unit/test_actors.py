@@ -158,3 +158,15 @@ async def test_pause_holds_messages_until_resume() -> None:
             await done.wait()
         await pool.stop()
     assert handled == ["held"]
+
+
+def test_a_keyed_mailbox_never_queues_the_same_key_twice() -> None:
+    mailbox = PriorityMailbox[Msg]("t", 10, key=lambda m: m.name)
+    assert mailbox.offer(Msg("doc-1"))
+    assert mailbox.offer(Msg("doc-1"))  # already waiting: accepted, not queued again
+    assert mailbox.holds(Msg("doc-1"))
+    assert len(mailbox) == 1
+    assert _drain(mailbox) == ["doc-1"]
+    assert not mailbox.holds(Msg("doc-1"))
+    assert mailbox.offer(Msg("doc-1"))  # taken out: may come again
+    assert len(mailbox) == 1
