@@ -114,8 +114,10 @@ class Oms:
             "OMS_SERVER__HOST": "127.0.0.1",
             "OMS_SERVER__PORT": str(self.port),
             "OMS_KAFKA__EMBEDDED_PORT": str(free_port()),
-            # Intake alone is measured: processing stays paused.
+            # Intake alone is measured: processing stays paused and events wait in
+            # the outbox (Kafka, Thunderhead and the load generator share 2 cores).
             "OMS_PROCESSING__START_PAUSED": "true",
+            "OMS_RELAY__ENABLED": "false",
             "OMS_PROCESSING__MAILBOX_CAPACITY": "2000000",
             "OMS_LOGGING__LEVEL": "WARNING",
             "OMS_INTAKE__GROUP_COMMIT": "true" if group_commit else "false",

@@ -163,7 +163,10 @@ async def run(
             tg.start_soon(_in_scope, background[2], monitoring.run_schedule)
             tg.start_soon(_in_scope, background[3], sweeper.run)
             relay_scope = anyio.CancelScope()
-            await tg.start(_run_in_scope, relay_scope, relay.run)
+            if settings.relay.enabled:
+                await tg.start(_run_in_scope, relay_scope, relay.run)
+            else:
+                logger.warning("outbox relay disabled: events wait in the outbox")
             # Cancel actors still busy at the drain deadline.
             actor_scopes = [anyio.CancelScope(), anyio.CancelScope()]
             await tg.start(_run_in_scope, actor_scopes[0], processing_pool.run)

@@ -115,6 +115,7 @@ class KafkaSettings(_Section):
 
 
 class RelaySettings(_Section):
+    enabled: bool = True
     batch_size: int = 500
     idle_poll_s: float = 0.5
     max_attempts: int = 10
