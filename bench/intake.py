@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import msgspec
+from common import document, free_port, with_database  # bench/ is on sys.path
 
 from oms.db.embedded import EmbeddedPostgres
 from oms.store import api_keys
@@ -74,31 +73,6 @@ class Result:
         ordered = sorted(self.latencies_ms)
         index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
         return ordered[index]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def with_database(dsn: str, database: str) -> str:
-    return dsn.rsplit("/", 1)[0] + "/" + database
-
-
-def document(reference: str) -> bytes:
-    return msgspec.json.encode(
-        {
-            "client_reference": reference,
-            "document_type": "policy_renewal_notice",
-            "channel": "email",
-            "language": "en",
-            "brand": "acme",
-            "priority": "normal",
-            "recipient": {"name": "Ada Lovelace", "email": "ada@example.com"},
-            "data": {"policy_number": "P-123", "premium": "123.45"},
-        }
-    )
 
 
 class Oms:

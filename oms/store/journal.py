@@ -74,3 +74,29 @@ async def append_outbox(
         [_encode(e.payload) for e in events],
         [e.trace_id for e in events],
     )
+
+
+def failed_event(
+    document_id: uuid.UUID,
+    source_system: str,
+    client_reference: str,
+    trace_id: str | None,
+    error: domain.DocumentError,
+    topic: str,
+) -> OutboxEvent:
+    """The Event Hub's ``oms.document.failed`` for one document."""
+    return OutboxEvent(
+        topic=topic,
+        document_id=document_id,
+        event_type="oms.document.failed",
+        payload=domain.DocumentFailed(
+            document_id=document_id,
+            source_system=source_system,
+            client_reference=client_reference,
+            status="FAILED",
+            reason=error.reason,
+            detail=error.detail,
+            messages=error.messages,
+        ),
+        trace_id=trace_id,
+    )

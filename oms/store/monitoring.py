@@ -150,34 +150,28 @@ async def submitted_documents(conn: asyncpg.Connection, job_id: str) -> list[uui
 def _status_event(
     row: asyncpg.Record, outcome: Outcome, job_id: str, topics: Topics
 ) -> journal.OutboxEvent:
-    payload: msgspec.Struct
-    if outcome.completed:
-        outputs = (outcome.result or {}).get("outputs", [])
-        payload = domain.DocumentCompleted(
+    if not outcome.completed:
+        error = outcome.error or domain.DocumentError(reason="generation_failed")
+        return journal.failed_event(
+            row["id"],
+            row["source_system"],
+            row["client_reference"],
+            row["trace_id"],
+            error,
+            topics.status,
+        )
+    outputs = (outcome.result or {}).get("outputs", [])
+    return journal.OutboxEvent(
+        topic=topics.status,
+        document_id=row["id"],
+        event_type="oms.document.completed",
+        payload=domain.DocumentCompleted(
             document_id=row["id"],
             source_system=row["source_system"],
             client_reference=row["client_reference"],
             status="COMPLETED",
             job_id=job_id,
             outputs=msgspec.convert(outputs, list[domain.Output]),
-        )
-        event_type = "oms.document.completed"
-    else:
-        error = outcome.error or domain.DocumentError(reason="generation_failed")
-        payload = domain.DocumentFailed(
-            document_id=row["id"],
-            source_system=row["source_system"],
-            client_reference=row["client_reference"],
-            status="FAILED",
-            reason=error.reason,
-            detail=error.detail,
-            messages=error.messages,
-        )
-        event_type = "oms.document.failed"
-    return journal.OutboxEvent(
-        topic=topics.status,
-        document_id=row["id"],
-        event_type=event_type,
-        payload=payload,
+        ),
         trace_id=row["trace_id"],
     )

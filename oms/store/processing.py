@@ -410,18 +410,11 @@ async def close_batch(
 def _failed_event(
     row: asyncpg.Record, error: domain.DocumentError, topics: Topics
 ) -> journal.OutboxEvent:
-    return journal.OutboxEvent(
-        topic=topics.status,
-        document_id=row["id"],
-        event_type="oms.document.failed",
-        payload=domain.DocumentFailed(
-            document_id=row["id"],
-            source_system=row["source_system"],
-            client_reference=row["client_reference"],
-            status="FAILED",
-            reason=error.reason,
-            detail=error.detail,
-            messages=error.messages,
-        ),
-        trace_id=row["trace_id"],
+    return journal.failed_event(
+        row["id"],
+        row["source_system"],
+        row["client_reference"],
+        row["trace_id"],
+        error,
+        topics.status,
     )
