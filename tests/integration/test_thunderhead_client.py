@@ -762,16 +762,14 @@ async def test_the_concurrency_limit_is_never_exceeded(fake: FakeThunderhead) ->
 async def test_the_rate_limit_holds_across_50_concurrent_callers(fake: FakeThunderhead) -> None:
     rate, burst = 20.0, 5
     async with client_for(fake.url, rate_limit_per_s=rate, rate_limit_burst=burst) as client:
-        started = time.monotonic()
         async with anyio.create_task_group() as tg:
             for n in range(50):
                 tg.start_soon(client.job_status, f"J-{n}")
-        elapsed = time.monotonic() - started
     arrivals = sorted(fake.arrivals)
     assert len(arrivals) == 51  # the token call counts too
+    # No 1-second window, as the server saw it, holds more than rate + burst calls.
     for i, start in enumerate(arrivals):
         assert sum(1 for t in arrivals[i:] if t < start + 1.0) <= rate + burst
-    assert elapsed >= (51 - burst) / rate - 0.1  # it really was limited
 
 
 async def test_calls_are_counted_by_endpoint_and_outcome(fake: FakeThunderhead) -> None:

@@ -503,7 +503,7 @@ async def test_rate_limit_answers_429_and_caps_the_peak(th: Simulator) -> None:
     stats = await th.stats()
     assert stats["rejected_429"] == len(rejected)
     assert stats["calls"]["findByReference"] == 20
-    assert 1 <= stats["peak_rate_per_s"] <= 5
+    assert stats["peak_rate_per_s"] in range(1, 6)  # never above the limit of 5
     # Over a second later there is room again.
     await asyncio.sleep(1.05)
     assert (await one())[0] == 200
