@@ -66,8 +66,10 @@ class OmsProcess(Process):
             OMS_DATABASE__DATA_DIR=str(data_dir),
             OMS_SERVER__PORT=str(port),
             OMS_LOGGING__LEVEL="WARNING",
-            **overrides,
+            # Its own broker port: never 9092, which a developer's OMS may hold.
+            OMS_KAFKA__EMBEDDED_PORT=str(free_port()),
         )
+        env.update(overrides)
         super().__init__(sys.executable, "run.py", env=env)
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{port}"

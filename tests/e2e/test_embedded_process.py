@@ -33,6 +33,7 @@ class OmsProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith("OMS_")},
             "OMS_DATABASE__DATA_DIR": str(data_dir),
             "OMS_SERVER__PORT": str(port),
+            "OMS_KAFKA__EMBEDDED_PORT": str(_free_port()),
             "OMS_LOGGING__LEVEL": "WARNING",
         }
         self.process: asyncio.subprocess.Process | None = None
