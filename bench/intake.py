@@ -23,7 +23,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,9 +30,14 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from common import document, free_port, with_database  # bench/ is on sys.path
+from common import (  # bench/ is on sys.path
+    document,
+    free_port,
+    print_machine,
+    run_rounds,
+    with_database,
+)
 
-from oms.db.embedded import EmbeddedPostgres
 from oms.store import api_keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -257,29 +261,17 @@ def print_result(r: Result) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    print(
-        f"cores: {cores} (usable {usable}); clients: {args.clients}; warm-up {args.warmup:g} s; "
-        f"measured {args.seconds:g} s; repeat {args.repeat}",
-        flush=True,
+    print_machine(
+        f"clients: {args.clients}; warm-up {args.warmup:g} s; "
+        f"measured {args.seconds:g} s; repeat {args.repeat}"
     )
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="oms-bench-") as tempdir:
-        workdir = Path(tempdir)
-        postgres = EmbeddedPostgres(workdir / "pgdata")
-        try:
-            admin_dsn = await asyncio.to_thread(postgres.start)
-            connector = aiohttp.TCPConnector(limit=args.clients + 8)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                for round_ in range(1, args.repeat + 1):
-                    order = VARIANTS if round_ % 2 else tuple(reversed(VARIANTS))
-                    for variant in order:
-                        results.append(
-                            await run_variant(variant, round_, admin_dsn, workdir, session, args)
-                        )
-        finally:
-            await asyncio.to_thread(postgres.stop)
+
+    async def one(
+        variant: str, round_: int, admin_dsn: str, workdir: Path, session: aiohttp.ClientSession
+    ) -> Result:
+        return await run_variant(variant, round_, admin_dsn, workdir, session, args)
+
+    results = await run_rounds(VARIANTS, args.repeat, args.clients + 8, one)
     return report(results, args)
 
 

@@ -134,9 +134,6 @@ class SimServer:
             return await r.json()
 
 
-RefDataSim = SimServer
-
-
 @pytest.fixture
 async def refdata_server() -> AsyncIterator[SimServer]:
     sim = SimServer(refdata_sim.make_app)
@@ -231,7 +228,7 @@ ADMIN_KEY = "oms_admin1_test-admin-secret"
 
 
 @pytest.fixture
-async def oms(database_dsn: str, refdata_server: RefDataSim) -> AsyncIterator[RunningOms]:
+async def oms(database_dsn: str, refdata_server: SimServer) -> AsyncIterator[RunningOms]:
     """OMS on a fresh database, with keys for two source systems and an admin."""
     conn = await asyncpg.connect(database_dsn)
     try:

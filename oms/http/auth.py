@@ -12,7 +12,6 @@ import asyncpg
 from aiohttp import web
 
 from oms import exceptions
-from oms.db import pool as pool_module
 from oms.store import api_keys
 
 PRINCIPAL = web.RequestKey("principal", api_keys.Principal)
@@ -42,11 +41,8 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        try:
-            async with self._pool.acquire() as conn:
-                stored = await api_keys.fetch(conn, key_id)
-        except pool_module.CONNECTION_ERRORS as exc:
-            raise exceptions.DatabaseError(str(exc)) from exc
+        async with self._pool.acquire() as conn:  # unreachable: 503 from the HTTP layer
+            stored = await api_keys.fetch(conn, key_id)
         if len(self._cache) > 10_000:  # bounded: guessed key ids must not grow memory
             self._cache.clear()
         self._cache[key_id] = (now, stored)

@@ -17,7 +17,6 @@ import msgspec
 
 from oms import config, domain, exceptions, metrics
 from oms.bus import PriorityMailbox
-from oms.db.pool import CONNECTION_ERRORS
 from oms.intake import validation
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
@@ -216,13 +215,11 @@ class IntakeService:
     async def _earlier_answer(
         self, source_system: str, key: str
     ) -> documents.IdempotencyRecord | None:
-        try:
-            async with self._pool.acquire() as conn:
-                return await documents.find_idempotency_record(
-                    conn, source_system, key, datetime.now(UTC)
-                )
-        except CONNECTION_ERRORS as exc:
-            raise exceptions.DatabaseError(f"database unavailable: {exc}") from exc
+        # A connection failure here is answered 503 by the HTTP layer, like any other.
+        async with self._pool.acquire() as conn:
+            return await documents.find_idempotency_record(
+                conn, source_system, key, datetime.now(UTC)
+            )
 
 
 def _accepted(

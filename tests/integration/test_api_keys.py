@@ -9,7 +9,7 @@ import asyncpg
 
 from oms import app
 from oms.store import api_keys
-from tests.conftest import RefDataSim, RunningOms, make_settings
+from tests.conftest import RunningOms, SimServer, make_settings
 
 
 async def _cli(dsn: str, *args: str) -> tuple[int, str, str]:
@@ -51,7 +51,7 @@ async def test_created_key_is_stored_as_a_digest_and_revocable(
 
 
 async def test_demo_keys_are_never_active_on_a_real_database(
-    database_dsn: str, db: asyncpg.Connection, refdata_server: RefDataSim
+    database_dsn: str, db: asyncpg.Connection, refdata_server: SimServer
 ) -> None:
     # Someone copied the demo key into a real database: OMS disables it at start.
     await api_keys.upsert(db, app.DEMO_SOURCE_KEY, "demo", "source", is_demo=True)

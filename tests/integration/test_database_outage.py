@@ -12,7 +12,7 @@ import pytest
 
 from oms.db import embedded, migrate
 from oms.store import api_keys
-from tests.conftest import SOURCE_KEY, RefDataSim, RunningOms, make_settings
+from tests.conftest import SOURCE_KEY, RunningOms, SimServer, make_settings
 from tests.integration.intake_support import document
 
 HEADERS = {"Authorization": f"Bearer {SOURCE_KEY}"}
@@ -29,7 +29,7 @@ def own_postgres(tmp_path: Path) -> Iterator[embedded.EmbeddedPostgres]:
 
 @pytest.fixture
 async def oms_on_own_postgres(
-    own_postgres: embedded.EmbeddedPostgres, refdata_server: RefDataSim
+    own_postgres: embedded.EmbeddedPostgres, refdata_server: SimServer
 ) -> AsyncIterator[RunningOms]:
     conn = await asyncpg.connect(own_postgres.dsn)
     await migrate.migrate(conn)
@@ -94,7 +94,7 @@ async def test_intake_answers_503_while_the_database_is_down_and_recovers(
 
 
 async def test_the_pipeline_survives_a_database_restart_mid_run(
-    own_postgres: embedded.EmbeddedPostgres, refdata_server: RefDataSim
+    own_postgres: embedded.EmbeddedPostgres, refdata_server: SimServer
 ) -> None:
     """Actors meet a dead database mid-work; once it is back every document still ends final."""
     conn = await asyncpg.connect(own_postgres.dsn)

@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RefDataSim, RunningOms, make_settings
+from tests.conftest import RunningOms, SimServer, make_settings
 from tests.integration.intake_support import (
     AUTH,
     SOURCE,
@@ -110,7 +110,7 @@ async def test_batch_documents_are_readable_one_by_one(oms: RunningOms) -> None:
 
 
 async def test_batch_at_the_item_limit_is_taken_and_over_it_is_422(
-    database_dsn: str, refdata_server: RefDataSim, db: asyncpg.Connection
+    database_dsn: str, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     settings = make_settings(database_dsn, refdata_server.url, intake={"max_batch_items": 3})
     async with running(settings) as oms, aiohttp.ClientSession(oms.url, headers=AUTH) as http:

@@ -9,7 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RefDataSim, RunningOms, make_settings
+from tests.conftest import RunningOms, SimServer, make_settings
 from tests.integration.intake_support import (
     AUTH,
     OTHER_AUTH,
@@ -118,7 +118,7 @@ async def test_duplicate_client_reference_under_a_new_key_releases_the_key(
 
 
 async def test_replay_needs_no_reference_data(
-    oms: RunningOms, db: asyncpg.Connection, refdata_server: RefDataSim
+    oms: RunningOms, db: asyncpg.Connection, refdata_server: SimServer
 ) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
     async with aiohttp.ClientSession(oms.url, headers=headers) as http:
@@ -159,7 +159,7 @@ async def test_longest_idempotency_key_is_accepted(oms: RunningOms, db: asyncpg.
 
 
 async def test_replay_while_the_first_is_in_flight_is_409(
-    database_dsn: str, refdata_server: RefDataSim, db: asyncpg.Connection
+    database_dsn: str, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     """The first request hangs on a cold Reference Data cache; its twin is told to retry."""
     settings = make_settings(database_dsn, refdata_server.url, refdata={"timeout_s": 3.0})

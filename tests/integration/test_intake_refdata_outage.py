@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import asyncpg
 
-from tests.conftest import RefDataSim, RunningOms
+from tests.conftest import RunningOms, SimServer
 from tests.integration.intake_support import (
     AUTH,
     count,
@@ -16,7 +16,7 @@ from tests.integration.intake_support import (
 )
 
 
-async def _stats(refdata_server: RefDataSim) -> dict[str, int]:
+async def _stats(refdata_server: SimServer) -> dict[str, int]:
     async with aiohttp.ClientSession() as sim:
         async with sim.get(f"{refdata_server.url}/_sim/stats") as response:
             calls: dict[str, int] = (await response.json())["calls"]
@@ -24,7 +24,7 @@ async def _stats(refdata_server: RefDataSim) -> dict[str, int]:
 
 
 async def test_warm_cache_keeps_validating_while_reference_data_is_down(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
         await submit(http, document("W-1"))
@@ -43,7 +43,7 @@ async def test_warm_cache_keeps_validating_while_reference_data_is_down(
 
 
 async def test_warm_cache_does_not_cover_what_was_never_fetched(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
         await submit(http, document("W-1"))
@@ -57,7 +57,7 @@ async def test_warm_cache_does_not_cover_what_was_never_fetched(
 
 
 async def test_cold_cache_with_reference_data_down_is_503_and_stores_nothing(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     await refdata_server.stop()
     headers = {**AUTH, "Idempotency-Key": "cold-1"}
@@ -71,7 +71,7 @@ async def test_cold_cache_with_reference_data_down_is_503_and_stores_nothing(
 
 
 async def test_cold_cache_batch_is_503_and_stores_nothing(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     await refdata_server.stop()
     async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
@@ -83,7 +83,7 @@ async def test_cold_cache_batch_is_503_and_stores_nothing(
 
 
 async def test_reference_data_errors_with_cold_cache_are_503(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     async with aiohttp.ClientSession() as sim:
         faults = {"mode": "error", "status": 502}
@@ -96,7 +96,7 @@ async def test_reference_data_errors_with_cold_cache_are_503(
 
 
 async def test_schema_errors_need_no_reference_data(
-    oms: RunningOms, refdata_server: RefDataSim, db: asyncpg.Connection
+    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     """A request that is wrong on its face gets its 422 even while Reference Data is down."""
     await refdata_server.stop()

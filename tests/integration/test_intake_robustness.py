@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RefDataSim, RunningOms
+from tests.conftest import RunningOms, SimServer
 from tests.integration.intake_support import (
     AUTH,
     count,
@@ -61,7 +61,7 @@ class OmsProcess:
 
 @pytest.fixture
 async def oms_process(
-    database_dsn: str, refdata_server: RefDataSim, tmp_path: Path
+    database_dsn: str, refdata_server: SimServer, tmp_path: Path
 ) -> AsyncIterator[OmsProcess]:
     """``python run.py`` on the test database: a crash takes down only this process."""
     await seed_keys(database_dsn)
