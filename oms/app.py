@@ -31,6 +31,7 @@ from oms.actors.delay import DelayedRequeue
 from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.actors.pool import ActorPool, PoolSettings
 from oms.actors.processing import ProcessingStage
+from oms.actors.reconciler import Reconciler
 from oms.actors.relay import OutboxRelay
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
@@ -123,6 +124,15 @@ async def run(
             pool, thunderhead, settings.monitoring, topics, polls, push=events_mode
         )
         retries = DelayedRequeue("processing", requested, settings.processing.retry_schedule_max)
+        reconciler = Reconciler(
+            pool,
+            thunderhead,
+            settings.processing,
+            topics,
+            owner,
+            on_submitted=monitoring.register if events_mode else _ignore,
+            send_again=retries.schedule if events_mode else _ignore,
+        )
         processing = ProcessingStage(
             pool,
             refdata,
@@ -133,6 +143,7 @@ async def run(
             # Scheduled mode pushes nothing: the scans find submitted jobs and due retries.
             on_submitted=monitoring.register if events_mode else _ignore,
             retry_later=retries.schedule if events_mode else _ignore,
+            reconcile_soon=reconciler.poke,
         )
         processing_pool = ActorPool(
             "processing",
@@ -157,11 +168,12 @@ async def run(
             batcher_scope = anyio.CancelScope()
             await tg.start(_run_in_scope, batcher_scope, processing.batcher.run)
             # Cancelled at shutdown, after the stages drained: these hold no work of their own.
-            background = [anyio.CancelScope() for _ in range(4)]
+            background = [anyio.CancelScope() for _ in range(5)]
             tg.start_soon(_in_scope, background[0], _purge_idempotency_keys, pool, settings.intake)
             tg.start_soon(_in_scope, background[1], retries.run)
             tg.start_soon(_in_scope, background[2], monitoring.run_schedule)
             tg.start_soon(_in_scope, background[3], sweeper.run)
+            tg.start_soon(_in_scope, background[4], reconciler.run)
             relay_scope = anyio.CancelScope()
             if settings.relay.enabled:
                 await tg.start(_run_in_scope, relay_scope, relay.run)
@@ -362,7 +374,12 @@ async def _readiness(
     checks: dict[str, str] = {}
     checks["kafka"] = "ok" if relay.healthy else f"failing: {relay.last_error or 'unknown'}"
     with anyio.move_on_after(2.0):
-        checks["thunderhead"] = "ok" if await thunderhead.ping() else "unreachable"
+        if await thunderhead.ping():
+            checks["thunderhead"] = "ok"
+        elif thunderhead.credentials_error:
+            checks["thunderhead"] = f"credentials refused: {thunderhead.credentials_error}"
+        else:
+            checks["thunderhead"] = "unreachable"
     checks.setdefault("thunderhead", "timed out")
     with anyio.move_on_after(2.0) as scope:
         try:

@@ -80,6 +80,13 @@ class ProcessingSettings(_Section):
     max_redeliveries: int = 5
     drain_deadline_s: float = 10.0
     retry_schedule_max: int = 100_000
+    deadline_s: float = 86_400.0
+    wait_backoff_max_s: float = 60.0
+    in_flight_window_s: float = 120.0
+    reconcile_deadline_s: float = 3_600.0
+    reconcile_interval_s: float = 1.0
+    reconcilers: int = 2
+    split_max_extra_calls: int = 32
 
 
 class ThunderheadSettings(_Section):
@@ -87,14 +94,21 @@ class ThunderheadSettings(_Section):
     client_id: str = "oms"
     client_secret: str = "oms-simulator-secret"
     grant_type: Literal["client_credentials", "password"] = "client_credentials"
+    client_auth: Literal["basic", "form"] = "basic"
+    correlation_field: str = "correlationReference"
+    project_id: int = 0
     username: str = ""
     password: str = ""
     token_path: str = "/one/oauth2Server/token"
     api_path: str = "/one/oauth2/api/v12/job"
     timeout_s: float = 10.0
     submit_timeout_s: float = 30.0
-    rate_limit_per_s: float = 20.0
-    rate_limit_burst: int = 5
+    rate_limit_per_s: float = 15.0
+    rate_limit_burst: int = 4
+    rate_min_per_s: float = 0.5
+    rate_decrease_factor: float = 0.5
+    rate_recovery_s: float = 30.0
+    rate_ceiling_ttl_s: float = 600.0
     max_concurrency: int = 8
     token_refresh_margin_s: float = 60.0
     wait_429_s: float = 60.0

@@ -134,11 +134,15 @@ class ThunderheadTransient(ThunderheadError):
 
     ``retry_after_s`` is how long Thunderhead asked OMS to wait (Retry-After, or the
     documented default for the status); the caller adds its own backoff and jitter.
+    ``attempt`` is True only when Thunderhead answered the send with a transient
+    failure (a 5xx other than 503): that uses up one of a document's attempts.
+    Everything else (429/503 pauses, token trouble, no connection) is a wait.
     """
 
-    def __init__(self, reason: str, retry_after_s: float) -> None:
+    def __init__(self, reason: str, retry_after_s: float, *, attempt: bool = False) -> None:
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.attempt = attempt
         super().__init__(f"{reason} (retry after {retry_after_s:g} s)")
 
 

@@ -69,8 +69,20 @@ BATCH_DOCUMENTS = Histogram(
 )
 PROCESSING_OUTCOMES = Counter(
     "oms_processing_documents_total",
-    "Documents leaving processing, by outcome (submitted, retry, failed, reconciled, skipped).",
+    "Documents leaving processing, by outcome "
+    "(submitted, retry, wait, failed, reconciling, skipped).",
     ["outcome"],
+)
+RECONCILIATIONS = Counter(
+    "oms_reconciliation_rounds_total",
+    "Reconciliation rounds of batches whose submission outcome was unknown, by decision "
+    "(adopted, sent_again, pending, unanswered, failed).",
+    ["decision"],
+)
+BATCH_SPLITS = Counter(
+    "oms_thunderhead_batch_splits_total",
+    "Batches sent again in halves, by cause (too_large: 413; rejected: refused whole).",
+    ["cause"],
 )
 STAGE_SECONDS = Histogram(
     "oms_stage_seconds",

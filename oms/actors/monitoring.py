@@ -26,6 +26,7 @@ from oms import bus, config, domain, exceptions, metrics
 from oms.store import monitoring as store
 from oms.store.documents import Topics
 from oms.thunderhead import JobStatus, ThunderheadClient
+from oms.thunderhead.types import messages
 
 logger = logging.getLogger(__name__)
 
@@ -213,34 +214,44 @@ class MonitoringStage:
         async with self._db.acquire() as conn:
             waiting = await store.submitted_documents(conn, job.job_id)
         reported = {t.correlation_reference: t for t in status.transactions}
-        job_errors = [
-            {"type": m.type, "text": m.text} for m in status.job_messages if m.type == "E"
-        ]
+        job_errors = messages(tuple(m for m in status.job_messages if m.msg_type == "E"))
+        job_warnings = [m.msg_text for m in status.job_messages if m.msg_type == "W"]
         outcomes = []
         for document_id in waiting:
             transaction = reported.get(str(document_id))
             if transaction is not None and transaction.status == "COMPLETED":
                 outputs = [
                     {
-                        "channel": e.channel,
-                        "document_name": e.document_name,
-                        "mime_type": e.mime_type,
-                        "part_location": e.part_location,
+                        "channel": channel.type_name,
+                        "document_name": channel.document_name,
+                        "mime_type": channel.mime_type,
+                        "part_location": channel.part_location,
                     }
-                    for e in transaction.envelopes
+                    for envelope in transaction.envelopes
+                    for channel in envelope.channels()
+                ]
+                warnings = job_warnings + [
+                    m.msg_text for m in transaction.job_messages if m.msg_type == "W"
                 ]
                 outcomes.append(
-                    store.Outcome(document_id, True, {"job_id": job.job_id, "outputs": outputs})
+                    store.Outcome(
+                        document_id,
+                        True,
+                        {"job_id": job.job_id, "outputs": outputs},
+                        warnings=warnings,
+                    )
                 )
                 continue
             if transaction is not None and transaction.status == "FAILED":
-                reason, detail = "generation_failed", "Thunderhead could not produce the document"
-                messages = [{"code": x.code, "message": x.message} for x in transaction.exceptions]
+                said = messages(transaction.exceptions, transaction.job_messages)
+                texts = [str(m.get("msg") or m.get("msgText") or "") for m in said]
+                reason = "generation_failed"
+                detail = "; ".join(t for t in texts if t) or "Thunderhead could not produce it"
             elif deadline_passed:
-                reason, detail, messages = "job_deadline_exceeded", None, []
+                reason, detail, said = "job_deadline_exceeded", None, []
             else:
-                reason, detail, messages = "missing_from_job", "the job did not report it", []
-            error = domain.DocumentError(reason, detail, messages + job_errors)
+                reason, detail, said = "missing_from_job", "the job did not report it", []
+            error = domain.DocumentError(reason, detail, said + job_errors)
             outcomes.append(store.Outcome(document_id, False, error=error))
         await self._write_outcomes(job, "FAILED" if deadline_passed else status.status, outcomes)
 

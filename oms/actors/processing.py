@@ -7,12 +7,18 @@ Thunderhead client, and settles the outcome in one transaction per batch:
 
 - accepted → SUBMITTED, job id kept, ``document.submitted`` events written and
   handed to monitoring;
-- transient (429, 5xx, refused) → a retry with backoff, or FAILED
-  ``retries_exhausted`` after ``max_attempts``;
-- outcome unknown (timeout after sending) → the batch is marked UNKNOWN and the
-  retry first asks Thunderhead for the documents' references: a job found is
-  adopted, so nothing is generated twice;
-- rejected (4xx, business failure) → FAILED at once, Thunderhead's messages kept.
+- transient → a retry with backoff. Only a 5xx answer (not 503) uses an attempt
+  (FAILED ``retries_exhausted`` after ``max_attempts``); OMS's own waits (429/503
+  pause, token refused, Reference Data down) do not, and end only at the
+  document's ``deadline_s`` (FAILED ``deadline_exceeded``);
+- outcome unknown (timeout after sending) → the batch is parked RECONCILING and
+  the reconciler (``oms.actors.reconciler``) decides for the whole batch: adopt
+  the job Thunderhead has, or send again, so nothing is generated twice;
+- too large (413) → sent again in halves; refused whole (400, business failure)
+  → bisected until the refused document is alone, which FAILS with Thunderhead's
+  messages while the others go through (at most ``split_max_extra_calls`` extra
+  submissions per batch);
+- rejected otherwise → FAILED at once, Thunderhead's messages kept.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ logger = logging.getLogger(__name__)
 class Enrichment(msgspec.Struct, frozen=True):
     template_id: str
     template_version: int
-    batch_config_res_id: str
+    batch_config_res_id: int
     brand: dict[str, object]
 
 
@@ -54,6 +60,14 @@ class Pending(msgspec.Struct, frozen=True):
 
 
 _encode = msgspec.json.encode
+_SPLITTABLE = frozenset({200, 400, 413, 422})  # a 200 here is a business failure
+
+
+class _SplitBudget:
+    """Extra submissions one batch may still spend on splitting (shared by its halves)."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
 
 
 class ProcessingStage:
@@ -68,6 +82,7 @@ class ProcessingStage:
         *,
         on_submitted: Callable[[Sequence[domain.DocumentSubmitted]], None],
         retry_later: Callable[[domain.DocumentRequested, float], None],
+        reconcile_soon: Callable[[], None],
     ) -> None:
         self._db = db
         self._refdata = refdata
@@ -77,7 +92,9 @@ class ProcessingStage:
         self._owner = owner
         self._on_submitted = on_submitted
         self._retry_later = retry_later
+        self._reconcile_soon = reconcile_soon
         self._lease = timedelta(seconds=settings.lease_s)
+        self._deadline = timedelta(seconds=settings.deadline_s)
         self.batcher: Batcher[Pending] = Batcher(settings, self.submit)
 
     # --- the actor's handler ----------------------------------------------------------------
@@ -104,6 +121,7 @@ class ProcessingStage:
                         "processing_error",
                         f"{type(exc).__name__}: {exc}",
                         0.0,
+                        charge=True,
                         # Thunderhead may have it: keep the batch, so the retry reconciles.
                         keep_batch=document.unresolved_batch is not None,
                     )
@@ -118,12 +136,25 @@ class ProcessingStage:
             raise
 
     async def _process(self, event: domain.DocumentRequested, document: store.Claimed) -> None:
-        if document.unresolved_batch is not None and await self._reconcile(event, document):
+        if document.unresolved_batch is not None:
+            # Its batch was being sent when a process stopped: Thunderhead may have it.
+            await self._park(
+                document.unresolved_batch,
+                "found unresolved after a lease expired (a process stopped while sending)",
+            )
+            return
+        if _now() >= document.created_at + self._deadline:
+            last = f"; last: {document.last_reason}" if document.last_reason else ""
+            await self._fail(
+                [document], "deadline_exceeded", f"not handed to Thunderhead in time{last}"
+            )
             return
         try:
             enrichment = await self._enrich(document)
         except (exceptions.ReferenceDataUnavailable, exceptions.ReferenceDataError) as exc:
-            await self._retry([event], [document], "reference_data_unavailable", str(exc), 0.0)
+            await self._retry(
+                [event], [document], "reference_data_unavailable", str(exc), 0.0, charge=False
+            )
             return
         except exceptions.UnknownReference as exc:
             await self._fail([document], "template_unavailable", exc.reason)
@@ -143,7 +174,7 @@ class ProcessingStage:
             await self._fail([document], "too_large", f"{size} bytes encoded for Thunderhead")
             return
         pending = Pending(event, document, enrichment, transaction)
-        await self.batcher.add(enrichment.batch_config_res_id, pending, size)
+        await self.batcher.add(str(enrichment.batch_config_res_id), pending, size)
 
     async def _enrich(self, document: store.Claimed) -> Enrichment:
         templates = [
@@ -172,13 +203,19 @@ class ProcessingStage:
     # --- the batcher's submitter -------------------------------------------------------------
 
     async def submit(self, batch_config_res_id: str, batch: list[Pending]) -> None:
+        budget = _SplitBudget(self._settings.split_max_extra_calls)
+        await self._send(int(batch_config_res_id), batch, budget)
+
+    async def _send(
+        self, batch_config_res_id: int, batch: list[Pending], budget: _SplitBudget
+    ) -> None:
         batch_id = domain.uuid7()
         now = _now()
         async with self._db.acquire() as conn:
             held = await store.start_batch(
                 conn,
                 batch_id,
-                batch_config_res_id,
+                str(batch_config_res_id),
                 {p.document.id: _encode(p.enrichment) for p in batch},
                 {p.document.id: p.document.lease for p in batch},
                 now + self._lease,
@@ -197,11 +234,10 @@ class ProcessingStage:
                     batch_config_res_id, str(batch_id), [p.transaction for p in batch]
                 )
         except TimeoutError:
-            exc = exceptions.ThunderheadOutcomeUnknown("submission outlived its lease", 5.0)
-            await self._unknown(batch_id, batch, exc)
+            await self._unknown(batch_id, batch, "submission outlived its lease")
             return
         except exceptions.ThunderheadOutcomeUnknown as exc:
-            await self._unknown(batch_id, batch, exc)
+            await self._unknown(batch_id, batch, exc.reason)
             return
         except exceptions.ThunderheadTransient as exc:
             await self._close_batch(batch_id, "ABANDONED")
@@ -211,85 +247,45 @@ class ProcessingStage:
                 "thunderhead_unavailable",
                 exc.reason,
                 exc.retry_after_s,
+                charge=exc.attempt,
             )
             return
         except exceptions.ThunderheadRejected as exc:
+            if len(batch) > 1 and exc.status in _SPLITTABLE and budget.calls >= 2:
+                budget.calls -= 2
+                cause = "too_large" if exc.status == 413 else "rejected"
+                metrics.BATCH_SPLITS.labels(cause).inc()
+                logger.info(
+                    "Thunderhead refused a batch whole; sending it again in halves",
+                    extra={"batch_id": str(batch_id), "count": len(batch), "reason": exc.reason},
+                )
+                await self._close_batch(batch_id, "SPLIT")
+                half = len(batch) // 2
+                await self._send(batch_config_res_id, batch[:half], budget)
+                await self._send(batch_config_res_id, batch[half:], budget)
+                return
             await self._close_batch(batch_id, "REJECTED")
-            await self._fail(
-                [p.document for p in batch], "thunderhead_rejected", exc.reason, exc.messages
-            )
+            reason = "too_large" if exc.status == 413 else "thunderhead_rejected"
+            await self._fail([p.document for p in batch], reason, exc.reason, exc.messages)
             return
         await self._submitted(batch_id, job_id, [p.document.id for p in batch])
 
     # --- settling outcomes --------------------------------------------------------------------
 
-    async def _unknown(
-        self,
-        batch_id: uuid.UUID,
-        batch: list[Pending],
-        exc: exceptions.ThunderheadOutcomeUnknown,
-    ) -> None:
+    async def _unknown(self, batch_id: uuid.UUID, batch: list[Pending], reason: str) -> None:
         logger.warning(
-            "submission outcome unknown; will reconcile before re-sending",
-            extra={"batch_id": str(batch_id), "reason": exc.reason},
+            "submission outcome unknown; the batch will be reconciled before any re-send",
+            extra={"batch_id": str(batch_id), "reason": reason, "count": len(batch)},
         )
-        await self._close_batch(batch_id, "UNKNOWN")
-        await self._retry(
-            [p.event for p in batch],
-            [p.document for p in batch],
-            "thunderhead_outcome_unknown",
-            exc.reason,
-            exc.retry_after_s,
-            keep_batch=True,
-        )
+        await self._park(batch_id, reason)
 
-    async def _reconcile(self, event: domain.DocumentRequested, document: store.Claimed) -> bool:
-        """Ask Thunderhead whether an earlier, unanswered submission reached it.
-
-        True when that settled the document (adopted, retried or failed); False
-        when Thunderhead never had it, so it is safe to submit again.
-        """
-        assert document.unresolved_batch is not None
-        try:
-            jobs = await self._thunderhead.find_by_reference(str(document.id))
-        except exceptions.ThunderheadTransient as exc:
-            await self._retry(
-                [event],
-                [document],
-                "reconciliation_pending",
-                exc.reason,
-                exc.retry_after_s,
-                keep_batch=True,
-            )
-            return True
-        live = [j for j in jobs if j.status != "FAILED"] or jobs
-        if live:
-            metrics.PROCESSING_OUTCOMES.labels("reconciled").inc()
-            # Adopts the job for every document of that batch, not only this one.
-            await self._submitted(
-                document.unresolved_batch, live[-1].job_id, [document.id], reconciled=True
-            )
-            return True
-        sent_at = document.unresolved_batch_created_at or _now()
-        if (_now() - sent_at).total_seconds() < self._settings.lease_s:
-            # Too young to be sure: a send may still be on its way. Ask again later.
-            await self._retry(
-                [event],
-                [document],
-                "reconciliation_pending",
-                "submission may be in flight",
-                self._settings.backoff_base_s,
-                keep_batch=True,
-            )
-            return True
+    async def _park(self, batch_id: uuid.UUID, reason: str) -> None:
+        """Hand a batch whose fate is unknown to reconciliation; no attempt is used."""
+        error = domain.DocumentError(reason="thunderhead_outcome_unknown", detail=reason)
         async with self._db.acquire() as conn:
-            await store.close_batch(conn, document.unresolved_batch, "ABANDONED", _now())
-        if document.attempts >= self._settings.max_attempts:
-            await self._fail(
-                [document], "retries_exhausted", "Thunderhead never confirmed the submission"
-            )
-            return True
-        return False
+            parked = await store.park_for_reconciliation(conn, batch_id, error, _now(), _now())
+        metrics.PROCESSING_OUTCOMES.labels("reconciling").inc(parked)
+        self._reconcile_soon()
 
     async def _submitted(
         self,
@@ -314,26 +310,34 @@ class ProcessingStage:
         detail: str,
         retry_after_s: float,
         *,
+        charge: bool,
         keep_batch: bool = False,
     ) -> None:
+        """Try again later; ``charge`` when Thunderhead answered with a transient failure."""
         delays = {
-            d.id: timedelta(seconds=self.backoff(d.attempts, retry_after_s)) for d in documents
+            d.id: timedelta(
+                seconds=self.backoff(d.attempts, retry_after_s)
+                if charge
+                else self.wait(d.waits, retry_after_s)
+            )
+            for d in documents
         }
         error = domain.DocumentError(reason=reason, detail=detail)
         async with self._db.acquire() as conn:
-            retries, exhausted = await store.retry_or_exhaust(
+            retries, failed = await store.retry_or_exhaust(
                 conn,
                 {d.id: d.lease for d in documents},
                 error,
                 delays,
-                # An unknown outcome never exhausts here: the retry reconciles first.
-                None if keep_batch else self._settings.max_attempts,
+                self._settings.max_attempts,
                 self._topics,
                 _now(),
+                charge=charge,
+                deadline=self._deadline,
                 keep_batch=keep_batch,
             )
-        metrics.PROCESSING_OUTCOMES.labels("retry").inc(len(retries))
-        metrics.PROCESSING_OUTCOMES.labels("failed").inc(len(exhausted))
+        metrics.PROCESSING_OUTCOMES.labels("retry" if charge else "wait").inc(len(retries))
+        metrics.PROCESSING_OUTCOMES.labels("failed").inc(len(failed))
         by_id = {e.document_id: e for e in events}
         now = _now()
         for retry in retries:
@@ -363,6 +367,14 @@ class ProcessingStage:
         """Exponential backoff with jitter, never shorter than Thunderhead asked."""
         ceiling = min(
             self._settings.backoff_max_s, self._settings.backoff_base_s * 2 ** min(attempts, 30)
+        )
+        return max(at_least_s, ceiling * random.uniform(0.5, 1.0))
+
+    def wait(self, waits: int, at_least_s: float) -> float:
+        """Backoff for OMS's own waits: capped lower, so work resumes soon after."""
+        ceiling = min(
+            self._settings.wait_backoff_max_s,
+            self._settings.backoff_base_s * 2 ** min(waits, 30),
         )
         return max(at_least_s, ceiling * random.uniform(0.5, 1.0))
 

@@ -8,6 +8,8 @@ channel must not make the whole template list undecodable.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
@@ -43,6 +45,6 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     language: str
     brand: str
     version: int
-    batch_config_res_id: str
-    """The Thunderhead batch configuration resource this template is rendered with."""
+    batch_config_res_id: Annotated[int, msgspec.Meta(gt=0)]
+    """Thunderhead's Template Selector resource id (``batchConfigResId``): a number."""
     active: bool

@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import uuid
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
+from oms.sim import _thunderhead_shapes as shapes
 
-class Transaction(msgspec.Struct):
+
+class Transaction(msgspec.Struct, frozen=True):
     """The part of a transaction the simulator reads; the rest passes unread."""
 
-    correlationReference: str
-    channel: str = "print"
+    reference: str
+    """The value of the correlation field."""
+    channel: str = ""
+    """OMS's ``channel`` field ("" when absent): it picks the envelope's channel type."""
 
 
 @dataclasses.dataclass
 class Job:
-    job_id: str
+    job_id: int
     batch_name: str
-    batch_config_res_id: str
-    """Empty for generateDocument's one-transaction jobs."""
+    batch_config_res_id: int
+    correlation_field: str
+    """The field the reference was read from, and is written back under."""
     submitted_at: float
     """``time.monotonic()`` time (the job file keeps wall-clock time)."""
     per_document_s: float
@@ -37,23 +40,34 @@ class Job:
     """Per transaction: whether it ends FAILED, decided on submission."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """A reference sent to generateDocument: no job, but a submission all the same."""
+
+    reference: str
+    submitted_at: float
+
+
 def new_job(
+    job_id: int,
     batch_name: str,
     transactions: list[Transaction],
     *,
-    batch_config_res_id: str,
+    batch_config_res_id: int,
+    correlation_field: str,
     now: float,
     per_document_s: float,
     failure_ratio: float,
 ) -> Job:
     return Job(
-        job_id=f"J-{uuid.uuid4().hex}",
+        job_id=job_id,
         batch_name=batch_name,
         batch_config_res_id=batch_config_res_id,
+        correlation_field=correlation_field,
         submitted_at=now,
         per_document_s=per_document_s,
         transactions=transactions,
-        fails=[fails(tx.correlationReference, failure_ratio) for tx in transactions],
+        fails=[fails(tx.reference, failure_ratio) for tx in transactions],
     )
 
 
@@ -93,23 +107,16 @@ def view(job: Job, now: float) -> dict[str, Any]:
     elapsed = now - job.submitted_at
     statuses = _statuses(job, elapsed)
     status = _job_status(job, statuses, elapsed)
-    transactions = [
-        {
-            "correlationReference": tx.correlationReference,
-            "status": tx_status,
-            "envelopes": [envelope(job, tx)] if tx_status == "COMPLETED" else [],
-            "exceptions": composition_failure(tx) if tx_status == "FAILED" else [],
-        }
-        for tx, tx_status in zip(job.transactions, statuses, strict=True)
-    ]
+    transactions = [_transaction_view(job, i, tx_status) for i, tx_status in enumerate(statuses)]
     total, failed = len(statuses), statuses.count("FAILED")
-    messages = [{"type": "I", "text": f"job accepted with {total} transaction(s)"}]
+    ended = job.submitted_at + total * job.per_document_s
+    messages = [shapes.message("I", f"job accepted with {total} transaction(s)", job.submitted_at)]
     if status == "FAILED":
-        messages.append({"type": "E", "text": f"all {total} transaction(s) failed"})
+        messages.append(shapes.message("E", f"all {total} transaction(s) failed", ended))
     elif status == "COMPLETED" and failed:
-        messages.append({"type": "W", "text": f"{failed} of {total} transaction(s) failed"})
+        messages.append(shapes.message("W", f"{failed} of {total} transaction(s) failed", ended))
     elif status == "COMPLETED":
-        messages.append({"type": "I", "text": f"all {total} transaction(s) completed"})
+        messages.append(shapes.message("I", f"all {total} transaction(s) completed", ended))
     return {
         "jobId": job.job_id,
         "batchName": job.batch_name,
@@ -119,16 +126,28 @@ def view(job: Job, now: float) -> dict[str, Any]:
     }
 
 
-def envelope(job: Job, tx: Transaction) -> dict[str, str]:
-    name = f"{tx.correlationReference}.pdf"
-    return {
-        "channel": tx.channel,
-        "documentName": name,
-        "mimeType": "application/pdf",
-        "partLocation": f"th://jobs/{job.job_id}/{quote(name, safe='')}",
-    }
+def _transaction_view(job: Job, index: int, status: str) -> dict[str, Any]:
+    tx = job.transactions[index]
+    view: dict[str, Any] = {job.correlation_field: tx.reference, "status": status}
+    if status == "COMPLETED":
+        location = f"th://jobs/{job.job_id}"
+        view["envelopes"] = [shapes.envelope(tx.reference, tx.channel, location=location)]
+    else:
+        view["envelopes"] = []
+    if status == "FAILED":
+        ended = job.submitted_at + (index + 1) * job.per_document_s
+        failure = composition_failure(tx.reference, shapes.stable_id(job.job_id, index))
+        view["exceptions"] = [failure]
+        view["jobMessages"] = [shapes.message("E", failure.msg, ended)]
+    else:
+        view["exceptions"] = []
+        view["jobMessages"] = []
+    return view
 
 
-def composition_failure(tx: Transaction) -> list[dict[str, str]]:
-    message = f"composition of {tx.correlationReference} failed (simulated)"
-    return [{"code": "COMPOSITION_FAILED", "message": message}]
+def composition_failure(
+    reference: str, exception_id: int | None = None
+) -> shapes.BusinessException:
+    """The exception of a document that did not compose (``failure_ratio``)."""
+    text = f"composition of {reference} failed (simulated)"
+    return shapes.exception(shapes.Problem.COMPOSITION_FAILED, text, exception_id)

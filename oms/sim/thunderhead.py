@@ -4,18 +4,17 @@ Runs in-process on the embedded default or standalone
 (``python -m oms.sim.thunderhead --port 8082``). Jobs progress with time, not
 with background tasks: a job keeps the moment it was submitted and its status is
 computed whenever it is read. Knobs under ``/_sim/config`` inject faults, hangs,
-latency and a server-side rate limit; ``/_sim/stats`` counts what the client did.
-With a state file (``make_app(state_file=...)``, ``--state-file``) the jobs it
+latency, chaos and a server-side rate limit; ``/_sim/stats`` counts what the client
+did. With a state file (``make_app(state_file=...)``, ``--state-file``) the jobs it
 accepted, and the stats that come of them, outlive a restart.
 
-It imports nothing from OMS, so a bug in OMS's client cannot hide itself here.
+It follows the document, not OMS's client, and imports nothing from OMS, so a bug
+in the client cannot hide itself here.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -27,15 +26,22 @@ from aiohttp import web
 
 from oms.sim import _thunderhead_gate as gate
 from oms.sim import _thunderhead_jobs as job_model
+from oms.sim import _thunderhead_requests as incoming
+from oms.sim import _thunderhead_shapes as shapes
 from oms.sim._thunderhead_config import (
+    API_PATH,
     ENDPOINTS,
+    MAX_REQUEST_BYTES,
+    TOKEN_PATH,
     AcceptThenHang,
     BusinessFailure,
+    Chaos,
     Hang,
     Inject,
     SimConfig,
 )
 from oms.sim._thunderhead_store import JobFile
+from oms.sim._thunderhead_token import token
 
 __all__ = [
     "API_PATH",
@@ -44,6 +50,7 @@ __all__ = [
     "TOKEN_PATH",
     "AcceptThenHang",
     "BusinessFailure",
+    "Chaos",
     "Hang",
     "Inject",
     "SimConfig",
@@ -51,43 +58,32 @@ __all__ = [
     "make_app",
 ]
 
-TOKEN_PATH = "/one/oauth2Server/token"
-API_PATH = "/one/oauth2/api/v12/job"
-MAX_BODY_BYTES = 10_000_000
-"""Thunderhead's cap on one request body ("10 MB"); one byte more is a 413."""
-
-
-class _BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    batchConfigResId: str
-    batchName: str
-    transactionDataType: str
-    transactionData: str
-
-
+MAX_BODY_BYTES = MAX_REQUEST_BYTES
+"""The default of ``max_request_bytes``: Thunderhead's "10MB"."""
 STATE = gate.STATE
 """The simulator's state in its app: knobs, tokens, jobs and stats."""
 
+_JSON = "application/json"
+_Problem = shapes.Problem
 _encoder = msgspec.json.Encoder()
-_batch_decoder = msgspec.json.Decoder(_BatchRequest)
-_transaction_decoder = msgspec.json.Decoder(job_model.Transaction)
-_transactions_decoder = msgspec.json.Decoder(list[job_model.Transaction])
 
 
 def make_app(config: SimConfig | None = None, *, state_file: Path | None = None) -> web.Application:
     """Build the simulator app, its knobs set to ``config`` (default: no faults).
 
-    With ``state_file``, every job accepted is appended to it, and on start the jobs
-    already there are taken back (with ``by_reference`` and the job stats), so a
-    restarted simulator still answers for them and still counts duplicates.
+    With ``state_file``, every submission taken is appended to it, and on start the
+    ones already there are taken back (with ``by_reference`` and the job stats), so a
+    restarted simulator still answers for its jobs and still counts duplicates.
     """
-    # Read bodies well past the cap so an oversized request gets our 413, not a reset.
-    app = web.Application(middlewares=[gate.middleware], client_max_size=4 * MAX_BODY_BYTES)
+    # API bodies are streamed past ``max_request_bytes`` (incoming.read_body); this cap
+    # only bounds the token form and /_sim/config.
+    app = web.Application(middlewares=[gate.middleware], client_max_size=MAX_REQUEST_BYTES)
     app[STATE] = gate.State(config=config or SimConfig())
     if state_file is not None:
         app[STATE].job_file = JobFile(state_file)
         app.cleanup_ctx.append(_job_file)
     add = app.router.add_route
-    add("POST", TOKEN_PATH, _token, name="token")
+    add("POST", TOKEN_PATH, token, name="token")
     add("POST", f"{API_PATH}/submitBatch", _submit_batch, name="submitBatch")
     add("POST", f"{API_PATH}/generateDocument", _generate_document, name="generateDocument")
     add("GET", f"{API_PATH}/{{job_id}}", _job_status, name="jobStatus")
@@ -99,126 +95,63 @@ def make_app(config: SimConfig | None = None, *, state_file: Path | None = None)
     return app
 
 
-def _bad_request(code: str, message: str) -> gate.Answer:
-    return gate.Answer(400, gate.exceptions(code, message))
-
-
-async def _read_body(request: web.Request) -> bytes:
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        body = None
-    if body is None or len(body) > MAX_BODY_BYTES:
-        raise gate.Answer(
-            413, gate.exceptions("REQUEST_TOO_LARGE", f"request body over {MAX_BODY_BYTES} bytes")
-        )
-    return body
-
-
 # --- the API ----------------------------------------------------------------
-
-
-async def _token(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    config = state.config
-    form = await request.post()
-    grant_type = form.get("grant_type")
-    if grant_type not in ("client_credentials", "password"):
-        raise gate.Answer(400, {"error": "unsupported_grant_type"})
-    if grant_type == "password" and not (form.get("username") and form.get("password")):
-        raise gate.Answer(400, {"error": "invalid_request"})
-    offered = []
-    if "client_id" in form or "client_secret" in form:
-        offered.append((form.get("client_id"), form.get("client_secret")))
-    if "Authorization" in request.headers:
-        offered.append(_basic_credentials(request.headers["Authorization"]))
-    if not offered or any(pair != (config.client_id, config.client_secret) for pair in offered):
-        raise gate.Answer(401, {"error": "invalid_client"})
-    now = time.monotonic()
-    state.tokens = {token: expiry for token, expiry in state.tokens.items() if expiry > now}
-    token = secrets.token_urlsafe(32)
-    state.tokens[token] = now + config.token_ttl_s
-    ttl = config.token_ttl_s
-    expires_in = int(ttl) if ttl.is_integer() else ttl
-    return gate.answer(
-        request, {"access_token": token, "token_type": "bearer", "expires_in": expires_in}
-    )
-
-
-def _basic_credentials(header: str) -> tuple[str, str]:
-    """``(client_id, client_secret)`` from a Basic header; blanks if it is not one."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return ("", "")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return ("", "")
-    client_id, _, secret = decoded.partition(":")
-    return (client_id, secret)
 
 
 async def _submit_batch(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await _read_body(request)
+    body = await incoming.read_body(request, state)
     try:
-        batch = _batch_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _bad_request("INVALID_REQUEST", str(exc)) from None
-    if not _known_batch_config(state.config, batch.batchConfigResId):
-        raise _bad_request(
-            "UNKNOWN_BATCH_CONFIG", f"unknown batchConfigResId {batch.batchConfigResId!r}"
-        )
-    if batch.transactionDataType != "application/json":
-        raise _bad_request(
-            "INVALID_REQUEST", f"unsupported transactionDataType {batch.transactionDataType!r}"
-        )
-    try:
-        data = base64.b64decode(batch.transactionData, validate=True)
-    except binascii.Error:
-        raise _bad_request("INVALID_TRANSACTION_DATA", "transactionData is not Base64") from None
-    try:
-        transactions = _transactions_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _bad_request("INVALID_TRANSACTION_DATA", f"transactionData: {exc}") from None
-    if not transactions:
-        raise _bad_request("INVALID_TRANSACTION_DATA", "transactionData holds no transaction")
-    for tx in transactions:
-        _check_reference(tx)
+        batch, res_id, transactions = incoming.accept_batch(state.config, body)
+    except gate.Answer as refusal:
+        if refusal.status == 400:
+            state.stats.rejected_400 += 1
+        raise
     if (failure := gate.take(state, "business_failure", "submitBatch")) is not None:
         return gate.answer(request, _business_failure(failure.form, batch.batchName))
-    job = _create_job(state, batch.batchName, transactions, batch.batchConfigResId)
+    job = _create_job(state, batch.batchName, transactions, res_id)
     if gate.take(state, "accept_then_hang", "submitBatch") is not None:
         await gate.hang(state)
-    return gate.answer(request, {"jobId": job.job_id})
+    return gate.answer(request, {"jobId": job.job_id, "exceptions": [], "jobMessages": []})
 
 
 async def _generate_document(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await _read_body(request)
-    try:
-        tx = _transaction_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _bad_request("INVALID_REQUEST", str(exc)) from None
-    _check_reference(tx)
-    job = _create_job(state, "", [tx], "")
-    await gate.pause(state, job.per_document_s)  # composed while the caller waits
-    answer: dict[str, Any] = {"jobId": job.job_id, "correlationReference": tx.correlationReference}
-    if job.fails[0]:
-        answer |= {
-            "status": "FAILED",
+    config = state.config
+    body = await incoming.read_body(request, state)
+    document = incoming.accept_document(config, body, request.query)
+    reference = document.reference
+    if reference is not None:
+        _keep(state, job_model.Generated(reference, time.monotonic()))
+    await gate.pause(state, config.processing_s_per_document)  # composed while the caller waits
+    stem = reference or "document"
+    answer: dict[str, Any]
+    if job_model.fails(reference or document.data.decode("latin-1"), config.failure_ratio):
+        failure = job_model.composition_failure(stem)
+        answer = {
+            "exceptions": [failure],
             "envelopes": [],
-            "exceptions": job_model.composition_failure(tx),
+            "jobMessages": [shapes.message("E", failure.msg, time.monotonic())],
         }
     else:
-        answer |= {"status": "COMPLETED", "envelopes": [job_model.envelope(job, tx)]}
-    return gate.answer(request, answer)
+        location = f"th://documents/{secrets.token_hex(8)}"
+        envelope = shapes.envelope(
+            stem, document.channel, location=location, with_data=document.include_data
+        )
+        answer = {
+            "exceptions": [],
+            "envelopes": [envelope],
+            "jobMessages": [shapes.message("I", "document generated", time.monotonic())],
+        }
+    return gate.answer(request, answer | {"numberTransactions": 1})
 
 
 async def _job_status(request: web.Request) -> web.Response:
-    job = request.app[STATE].jobs.get(request.match_info["job_id"])
+    raw_id = request.match_info["job_id"]
+    job_id = int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None
+    job = request.app[STATE].jobs.get(job_id) if job_id is not None else None
     if job is None:
-        raise gate.Answer(404, gate.exceptions("JOB_NOT_FOUND", "no such job"))
+        raise gate.refuse(404, _Problem.NOT_FOUND, f"no job {raw_id!r}")
     return gate.answer(request, job_model.view(job, time.monotonic()))
 
 
@@ -226,7 +159,7 @@ async def _find_by_reference(request: web.Request) -> web.Response:
     state = request.app[STATE]
     reference = request.query.get("reference", "")
     if not reference.strip():
-        raise _bad_request("INVALID_REQUEST", "the reference parameter is required")
+        raise gate.refuse(400, _Problem.INVALID_REQUEST, "the reference parameter is required")
     now = time.monotonic()
     jobs = [state.jobs[job_id] for job_id in state.by_reference.get(reference, [])]
     found = [
@@ -236,68 +169,49 @@ async def _find_by_reference(request: web.Request) -> web.Response:
     return gate.answer(request, {"jobs": found})
 
 
-def _known_batch_config(config: SimConfig, res_id: str) -> bool:
-    if not res_id.strip():
-        return False
-    if config.batch_config_ids is not None:
-        return res_id in config.batch_config_ids
-    return res_id.startswith("BC-") and bool(res_id[3:].strip())
-
-
-def _check_reference(tx: job_model.Transaction) -> None:
-    if not tx.correlationReference.strip():
-        raise _bad_request("INVALID_TRANSACTION_DATA", "a transaction has no correlationReference")
-
-
 def _business_failure(form: str, batch_name: str) -> dict[str, Any]:
     text = f"batch {batch_name!r} rejected (simulated business failure)"
     if form == "jobMessages":
-        return {"jobMessages": [{"type": "E", "text": text}]}
-    return gate.exceptions("BATCH_REJECTED", text)
+        return {"exceptions": [], "jobMessages": [shapes.message("E", text, time.monotonic())]}
+    return shapes.exceptions(_Problem.BATCH_REJECTED, text) | {"jobMessages": []}
 
 
 def _create_job(
     state: gate.State,
     batch_name: str,
     transactions: list[job_model.Transaction],
-    batch_config_res_id: str,
+    batch_config_res_id: int,
 ) -> job_model.Job:
-    """Create a job, write it to the job file if there is one, and record it."""
     config = state.config
     job = job_model.new_job(
+        state.take_job_id(),
         batch_name,
         transactions,
         batch_config_res_id=batch_config_res_id,
+        correlation_field=config.correlation_field,
         now=time.monotonic(),
         per_document_s=config.processing_s_per_document,
         failure_ratio=config.failure_ratio,
     )
-    if state.job_file is not None:
-        state.job_file.append(job)  # before the call is answered
-    _record_job(state, job)
+    _keep(state, job)
     return job
 
 
-def _record_job(state: gate.State, job: job_model.Job) -> None:
-    """Keep a job; count its transactions, and those whose reference came before."""
-    state.jobs[job.job_id] = job
-    state.stats.transactions += len(job.transactions)
-    for tx in job.transactions:
-        held_by = state.by_reference.setdefault(tx.correlationReference, [])
-        if held_by:
-            state.stats.duplicates[tx.correlationReference] += 1
-        if job.job_id not in held_by:
-            held_by.append(job.job_id)
+def _keep(state: gate.State, entry: job_model.Job | job_model.Generated) -> None:
+    """Write to the job file if there is one (before the call is answered), and record."""
+    if state.job_file is not None:
+        state.job_file.append(entry)
+    state.record(entry)
 
 
 async def _job_file(app: web.Application) -> AsyncIterator[None]:
-    """On start, take back the jobs of the job file; on cleanup, close it."""
+    """On start, take back the entries of the job file; on cleanup, close it."""
     state = app[STATE]
     job_file = state.job_file
     assert job_file is not None
-    for job in job_file.open():
-        if job.job_id not in state.jobs:
-            _record_job(state, job)
+    for entry in job_file.open():
+        if not isinstance(entry, job_model.Job) or entry.job_id not in state.jobs:
+            state.record(entry)
     try:
         yield
     finally:
@@ -308,7 +222,7 @@ async def _job_file(app: web.Application) -> AsyncIterator[None]:
 
 
 def _sim_json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+    return web.Response(body=_encoder.encode(body), status=status, content_type=_JSON)
 
 
 async def _get_config(request: web.Request) -> web.Response:
@@ -316,7 +230,10 @@ async def _get_config(request: web.Request) -> web.Response:
 
 
 async def _set_config(request: web.Request) -> web.Response:
-    """Change the knobs named in the body (the rest stay); ``reset`` clears jobs and stats."""
+    """Change the knobs named in the body (the rest stay); ``reset`` clears jobs and stats.
+
+    Setting ``chaos`` (or resetting) starts its draws again from its seed.
+    """
     state = request.app[STATE]
     try:
         changes = msgspec.json.decode(await request.read(), type=dict[str, Any])
@@ -329,6 +246,8 @@ async def _set_config(request: web.Request) -> web.Response:
     if reset:
         state.reset()
     state.config = config
+    if reset or "chaos" in changes:
+        state.reseed()
     return _sim_json(msgspec.to_builtins(config))
 
 
@@ -344,6 +263,9 @@ async def _stats(request: web.Request) -> web.Response:
             "jobs": len(state.jobs),
             "transactions": stats.transactions,
             "rejected_429": stats.rejected_429,
+            "rejected_413": stats.rejected_413,
+            "rejected_400": stats.rejected_400,
+            "chaos": {outcome: stats.chaos[outcome] for outcome in gate.CHAOS_OUTCOMES},
         }
     )
 

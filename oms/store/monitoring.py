@@ -73,6 +73,8 @@ class Outcome(msgspec.Struct, frozen=True):
     completed: bool
     result: dict[str, Any] | None = None
     error: domain.DocumentError | None = None
+    warnings: list[str] = []
+    """Thunderhead's W messages: kept on the timeline."""
 
 
 class Settled(msgspec.Struct, frozen=True):
@@ -119,12 +121,7 @@ async def settle(
                     r["id"],
                     domain.Status.SUBMITTED,
                     status,
-                    {"job_id": job_id}
-                    if outcome.completed
-                    else {
-                        "job_id": job_id,
-                        "reason": outcome.error.reason if outcome.error else "",
-                    },
+                    _timeline_detail(job_id, outcome),
                 )
             )
             events.append(_status_event(r, outcome, job_id, topics))
@@ -145,6 +142,17 @@ async def submitted_documents(conn: asyncpg.Connection, job_id: str) -> list[uui
         "SELECT id FROM documents WHERE thunderhead_job_id = $1 AND status = 'SUBMITTED'", job_id
     )
     return [r["id"] for r in rows]
+
+
+def _timeline_detail(job_id: str, outcome: Outcome) -> dict[str, Any]:
+    detail: dict[str, Any] = {"job_id": job_id}
+    if not outcome.completed:
+        detail["reason"] = outcome.error.reason if outcome.error else ""
+        if outcome.error and outcome.error.detail:
+            detail["error"] = outcome.error.detail
+    if outcome.warnings:
+        detail["warnings"] = outcome.warnings
+    return detail
 
 
 def _status_event(

@@ -36,13 +36,16 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     recipient: dict[str, Any]
     data: msgspec.Raw
     attempts: int
+    waits: int
     trace_id: str
+    created_at: datetime
     previous_status: domain.Status
+    last_reason: str | None
     lease: str  # this claim's own token: every later change must present it
-    # A batch this document was put in before and never settled: Thunderhead may
-    # have it, so reconcile before sending again.
+    # A batch this document was put in whose submission may have reached
+    # Thunderhead (being sent when a process died, or its answer was lost):
+    # reconcile the batch before anything is sent again.
     unresolved_batch: uuid.UUID | None
-    unresolved_batch_created_at: datetime | None
 
 
 async def claim(
@@ -70,11 +73,13 @@ async def claim(
                                OR d.lease_expires_at < $3)))
                RETURNING d.id, d.source_system, d.client_reference, d.priority,
                          d.document_type, d.channel, d.language, d.brand, d.recipient,
-                         d.data::text AS data_json, d.attempts, d.trace_id,
+                         d.data::text AS data_json, d.attempts, d.waits, d.trace_id,
+                         d.created_at,
+                         coalesce(d.last_error->>'detail', d.last_error->>'reason') AS last_reason,
                          old.status AS previous_status, old.lease_owner AS previous_owner,
-                         d.batch_id AS unresolved_batch,
-                         (SELECT b.created_at FROM thunderhead_batches b WHERE b.id = d.batch_id)
-                             AS unresolved_batch_created_at""",
+                         (SELECT b.id FROM thunderhead_batches b
+                          WHERE b.id = d.batch_id AND b.job_id IS NULL
+                            AND b.status IN ('SUBMITTING', 'RECONCILING')) AS unresolved_batch""",
             document_id,
             lease_token,
             now,
@@ -112,11 +117,13 @@ async def claim(
         recipient=row["recipient"],
         data=msgspec.Raw(row["data_json"].encode()),
         attempts=row["attempts"],
+        waits=row["waits"],
         trace_id=row["trace_id"],
+        created_at=row["created_at"],
         previous_status=previous,
+        last_reason=row["last_reason"],
         lease=lease_token,
         unresolved_batch=row["unresolved_batch"],
-        unresolved_batch_created_at=row["unresolved_batch_created_at"],
     )
 
 
@@ -207,7 +214,8 @@ async def mark_submitted(
     async with conn.transaction():
         await conn.execute(
             """UPDATE thunderhead_batches SET status = 'PENDING', job_id = $2,
-                   submitted_at = coalesce(submitted_at, $3), next_poll_at = $3
+                   submitted_at = coalesce(submitted_at, $3), next_poll_at = $3,
+                   next_reconcile_at = NULL, reconcile_owner = NULL, reconcile_until = NULL
                WHERE id = $1""",
             batch_id,
             job_id,
@@ -281,78 +289,105 @@ async def retry_or_exhaust(
     topics: Topics,
     now: datetime,
     *,
+    charge: bool = True,
+    deadline: timedelta,
     keep_batch: bool = False,
 ) -> tuple[list[Retry], list[uuid.UUID]]:
-    """A transient failure: attempts + 1 and a retry time, or FAILED past max_attempts
-    (``None``: never, the caller decides later).
+    """Try again later: the lease is released and a retry time set.
 
-    The lease is released, so a document waiting for its retry can be cancelled.
-    ``keep_batch`` keeps the link to a batch whose outcome is unknown, so the
-    retry reconciles before it re-sends. Returns (retries, exhausted ids).
+    ``charge``: Thunderhead answered with a transient failure, so this was an
+    attempt (attempts + 1; FAILED ``retries_exhausted`` past ``max_attempts``, None:
+    never). Otherwise it is one of OMS's own waits (waits + 1), which never
+    exhausts. Either way a document older than ``deadline`` is FAILED
+    ``deadline_exceeded``, and no retry is set past that deadline.
+    ``keep_batch`` keeps the link to the document's batch. Returns (retries,
+    failed ids).
     """
+    limit = (max_attempts if max_attempts is not None else 2**31 - 1) if charge else 2**31 - 1
     async with conn.transaction():
         rows = await conn.fetch(
-            """UPDATE documents d
-               SET attempts = d.attempts + 1,
+            """WITH verdict AS (
+                   SELECT d.id, u.delay, u.lease,
+                          CASE WHEN d.attempts + $8::integer >= $5::integer
+                                   THEN 'retries_exhausted'
+                               WHEN d.created_at + $9::interval <= $3::timestamptz
+                                   THEN 'deadline_exceeded' END AS failure
+                   FROM documents d
+                   JOIN unnest($1::uuid[], $6::interval[], $2::text[]) AS u(id, delay, lease)
+                     ON d.id = u.id
+                   WHERE d.status = 'PROCESSING' AND d.lease_owner = u.lease)
+               UPDATE documents d
+               SET attempts = d.attempts + $8::integer,
+                   waits = d.waits + 1 - $8::integer,
                    lease_owner = NULL, lease_expires_at = NULL, updated_at = $3::timestamptz,
                    last_error = $4::jsonb,
                    batch_id = CASE WHEN $7::boolean THEN d.batch_id END,
-                   next_attempt_at = CASE WHEN d.attempts + 1 >= $5::integer THEN NULL
-                                          ELSE $3::timestamptz + u.delay END,
-                   status = CASE WHEN d.attempts + 1 >= $5::integer THEN 'FAILED'
-                                 ELSE d.status END
-               FROM unnest($1::uuid[], $6::interval[], $2::text[]) AS u(id, delay, lease)
-               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
-               RETURNING d.id, d.status, d.next_attempt_at, d.attempts, d.source_system,
-                         d.client_reference, d.trace_id""",
+                   next_attempt_at = CASE WHEN v.failure IS NOT NULL THEN NULL
+                                          ELSE least($3::timestamptz + v.delay,
+                                                     d.created_at + $9::interval) END,
+                   status = CASE WHEN v.failure IS NOT NULL THEN 'FAILED' ELSE d.status END
+               FROM verdict v
+               WHERE d.id = v.id AND d.status = 'PROCESSING' AND d.lease_owner = v.lease
+               RETURNING d.id, d.status, d.next_attempt_at, d.attempts, d.waits,
+                         d.source_system, d.client_reference, d.trace_id, d.created_at,
+                         v.failure""",
             list(leases),
             list(leases.values()),
             now,
             msgspec.to_builtins(error),
-            max_attempts if max_attempts is not None else 2**31 - 1,
+            limit,
             [delays[i] for i in leases],
             keep_batch,
+            1 if charge else 0,
+            deadline,
         )
-        retries = [Retry(r["id"], r["next_attempt_at"]) for r in rows if r["status"] != "FAILED"]
-        exhausted = [r for r in rows if r["status"] == "FAILED"]
+        retries = [Retry(r["id"], r["next_attempt_at"]) for r in rows if r["failure"] is None]
+        failed = [r for r in rows if r["failure"] is not None]
         entries = [
             journal.TimelineEntry(
                 r["id"],
                 domain.Status.PROCESSING,
                 domain.Status.PROCESSING,
                 {
-                    "event": "retry_scheduled",
-                    "attempt": r["attempts"],
+                    "event": "retry_scheduled" if charge else "waiting",
+                    "attempt" if charge else "wait": r["attempts"] if charge else r["waits"],
                     "next_attempt_at": r["next_attempt_at"].isoformat(),
+                    "reason": error.reason,
                     "error": error.detail or error.reason,
                 },
             )
             for r in rows
-            if r["status"] != "FAILED"
+            if r["failure"] is None
         ]
-        failure = domain.DocumentError(
-            reason="retries_exhausted", detail=error.detail or error.reason, messages=error.messages
-        )
-        if exhausted:
+        failures: dict[uuid.UUID, domain.DocumentError] = {}
+        for r in failed:
+            detail = error.detail or error.reason
+            if r["failure"] == "deadline_exceeded":
+                detail = f"not handed to Thunderhead by its deadline; last: {detail}"
+            failures[r["id"]] = domain.DocumentError(
+                reason=r["failure"], detail=detail, messages=error.messages
+            )
+        if failed:
             await conn.execute(
-                "UPDATE documents SET last_error = $2 WHERE id = ANY($1::uuid[])",
-                [r["id"] for r in exhausted],
-                msgspec.to_builtins(failure),
+                """UPDATE documents d SET last_error = u.error
+                   FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, error) WHERE d.id = u.id""",
+                list(failures),
+                [msgspec.to_builtins(e) for e in failures.values()],
             )
         entries += [
             journal.TimelineEntry(
                 r["id"],
                 domain.Status.PROCESSING,
                 domain.Status.FAILED,
-                {"reason": "retries_exhausted"},
+                {"reason": r["failure"], "error": failures[r["id"]].detail},
             )
-            for r in exhausted
+            for r in failed
         ]
         await journal.append_timeline(conn, entries, ACTOR, now)
         await journal.append_outbox(
-            conn, [_failed_event(r, failure, topics) for r in exhausted], now
+            conn, [_failed_event(r, failures[r["id"]], topics) for r in failed], now
         )
-    return retries, [r["id"] for r in exhausted]
+    return retries, [r["id"] for r in failed]
 
 
 async def fail(
@@ -396,15 +431,69 @@ async def fail(
 async def close_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, now: datetime
 ) -> None:
-    """A batch that never became a job (refused, abandoned) or whose outcome is unknown."""
+    """A batch that never became a job: ABANDONED (a transient refusal: send again),
+    REJECTED (refused for good) or SPLIT (sent again in halves)."""
     await conn.execute(
-        """UPDATE thunderhead_batches SET status = $2::text,
-               finished_at = CASE WHEN $2::text = 'UNKNOWN' THEN NULL ELSE $3::timestamptz END
+        """UPDATE thunderhead_batches SET status = $2::text, finished_at = $3::timestamptz
            WHERE id = $1 AND job_id IS NULL""",
         batch_id,
         status,
         now,
     )
+
+
+async def park_for_reconciliation(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    error: domain.DocumentError,
+    reconcile_at: datetime,
+    now: datetime,
+) -> int:
+    """The batch's submission outcome is unknown: RECONCILING, its documents parked.
+
+    Parked documents hold no lease and are not due (``next_attempt_at`` infinity),
+    so nobody claims them one by one: reconciliation decides for the whole batch
+    (``oms.store.reconciliation``). Their attempts are untouched. Returns how many
+    documents were parked.
+    """
+    async with conn.transaction():
+        changed = await conn.execute(
+            """UPDATE thunderhead_batches
+               SET status = 'RECONCILING', finished_at = NULL,
+                   next_reconcile_at = least(coalesce(next_reconcile_at, $2), $2),
+                   last_error = $3
+               WHERE id = $1 AND job_id IS NULL AND status IN ('SUBMITTING', 'RECONCILING')""",
+            batch_id,
+            reconcile_at,
+            error.detail or error.reason,
+        )
+        if changed.endswith(" 0"):
+            return 0
+        rows = await conn.fetch(
+            """UPDATE documents SET lease_owner = NULL, lease_expires_at = NULL,
+                   next_attempt_at = 'infinity', last_error = $2, updated_at = $3
+               WHERE batch_id = $1 AND status = 'PROCESSING'
+                 AND next_attempt_at IS DISTINCT FROM 'infinity'
+               RETURNING id""",
+            batch_id,
+            msgspec.to_builtins(error),
+            now,
+        )
+        await journal.append_timeline(
+            conn,
+            [
+                journal.TimelineEntry(
+                    r["id"],
+                    domain.Status.PROCESSING,
+                    domain.Status.PROCESSING,
+                    {"event": "reconciling", "batch_id": str(batch_id), "error": error.detail},
+                )
+                for r in rows
+            ],
+            ACTOR,
+            now,
+        )
+    return len(rows)
 
 
 def _failed_event(

@@ -5,10 +5,11 @@ limit (``ratelimit``), carries a timeout, and ends in one of three ways:
 
 - ``ThunderheadTransient``: nothing was done, try again after ``retry_after_s``:
   429 and 503 (Retry-After, else the documented default; both also pause the
-  whole client), 500 and other 5xx, a refused connection, a timeout or a lost
-  connection on an idempotent GET, a 401 to a freshly fetched token, any refusal
-  from the token endpoint (bad credentials are OMS's problem, never a document's),
-  a 2xx whose body cannot be used (GETs).
+  whole client, and a 429 slows it down), 500 and other 5xx, a refused connection,
+  a timeout or a lost connection on an idempotent GET, a 401 to a freshly fetched
+  token, any refusal from the token endpoint (bad credentials are OMS's problem,
+  never a document's), a 2xx whose body cannot be used (GETs). Only a 5xx other
+  than 503 is marked ``attempt`` (docs/thunderhead.md, "How OMS counts attempts").
 - ``ThunderheadOutcomeUnknown`` (a Transient): a submitBatch or generateDocument
   that may have reached Thunderhead: a timeout or a lost connection after the
   request was sent, a 502/504 (a gateway gave up; Thunderhead may have acted), or a
@@ -28,6 +29,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.utils
+import io
 import logging
 import math
 import time
@@ -36,7 +38,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import anyio
@@ -56,6 +58,8 @@ from oms.thunderhead.types import (
     JobRef,
     JobStatus,
     Transaction,
+    TransactionStatus,
+    messages,
 )
 
 log = logging.getLogger("oms.thunderhead")
@@ -71,14 +75,7 @@ _MAX_RETRY_AFTER_S = 86_400.0
 class _TokenAnswer(msgspec.Struct, frozen=True, kw_only=True):
     access_token: str
     token_type: str = "bearer"
-    expires_in: float = 3600.0
-
-
-class _SubmitBatch(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    batch_config_res_id: str
-    batch_name: str
-    transaction_data_type: str
-    transaction_data: str
+    expires_in: float = 1800.0  # optional in RFC 6749 5.1; Nuxeo assumes 1800 s [docs: S4]
 
 
 class _Answer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -88,45 +85,79 @@ class _Answer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     job_messages: tuple[JobMessage, ...] = ()
 
     def failed(self) -> bool:
-        return bool(self.exceptions) or any(m.type == "E" for m in self.job_messages)
+        return bool(self.exceptions) or any(m.msg_type == "E" for m in self.job_messages)
 
     def usable(self) -> bool:
         return True
 
 
 class _SubmitAnswer(_Answer, frozen=True, kw_only=True):
-    job_id: str = ""
+    job_id: int | str | None = None  # a number on the wire; a string is accepted
 
     def usable(self) -> bool:
-        return bool(self.job_id)
+        return self.job_id is not None and str(self.job_id).strip() != ""
 
 
 class _GenerateAnswer(_Answer, frozen=True, kw_only=True):
-    correlation_reference: str = ""
-    status: str = ""
     envelopes: tuple[Envelope, ...] = ()
-    job_id: str = ""
-
-    def failed(self) -> bool:
-        return super().failed() or self.status == "FAILED"
+    number_transactions: int = 0
 
     def usable(self) -> bool:
-        return bool(self.correlation_reference and self.status)
+        return bool(self.envelopes)
+
+
+class _WireJobRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    job_id: int | str
+    batch_name: str = ""
+    status: str = ""
 
 
 class _JobsAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    jobs: tuple[JobRef, ...]  # required: a missing list must not read as "never submitted"
+    jobs: tuple[_WireJobRef, ...]  # required: a missing list must not read as "never submitted"
 
 
 class _ErrorAnswer(_Answer, frozen=True, kw_only=True):
     error: str = ""  # OAuth2's error code (invalid_client, invalid_token)
+    id: int | str | None = None  # a 403's {id, msg} [docs: S3]
+    msg: str = ""
+
+
+def _job_decoder(correlation_field: str) -> msgspec.json.Decoder[Any]:
+    """A decoder of job status answers whose transactions name the reference
+    ``correlation_field`` (the tenant's data model chooses it)."""
+    transaction = msgspec.defstruct(
+        "WireTransactionStatus",
+        [
+            ("correlation_reference", str, ""),
+            ("status", str, ""),
+            ("envelopes", tuple[Envelope, ...], ()),
+            ("exceptions", tuple[JobException, ...], ()),
+            ("job_messages", tuple[JobMessage, ...], ()),
+        ],
+        rename={"correlation_reference": correlation_field, "job_messages": "jobMessages"},
+        kw_only=True,
+        frozen=True,
+    )
+    job = msgspec.defstruct(
+        "WireJobStatus",
+        [
+            ("job_id", int | str),
+            ("status", str),
+            ("batch_name", str, ""),
+            ("transactions", tuple[transaction, ...], ()),  # type: ignore[valid-type]
+            ("job_messages", tuple[JobMessage, ...], ()),
+        ],
+        rename="camel",
+        kw_only=True,
+        frozen=True,
+    )
+    return msgspec.json.Decoder(job)
 
 
 _ENCODE = msgspec.json.Encoder().encode
 _TOKEN = msgspec.json.Decoder(_TokenAnswer)
 _SUBMIT = msgspec.json.Decoder(_SubmitAnswer)
 _GENERATE = msgspec.json.Decoder(_GenerateAnswer)
-_JOB = msgspec.json.Decoder(JobStatus)
 _JOBS = msgspec.json.Decoder(_JobsAnswer)
 _ERROR = msgspec.json.Decoder(_ErrorAnswer)
 
@@ -169,8 +200,11 @@ class ThunderheadClient:
         prefix = base.path.rstrip("/")
         self._token_url = base.with_path(prefix + settings.token_path)
         self._api_url = base.with_path(prefix + settings.api_path.rstrip("/"))
-        credentials = f"{settings.client_id}:{settings.client_secret}".encode()
-        self._basic_auth = "Basic " + base64.b64encode(credentials).decode("ascii")
+        # RFC 6749 2.3.1: each part form-urlencoded, then Base64 of "id:secret".
+        credentials = f"{quote_plus(settings.client_id)}:{quote_plus(settings.client_secret)}"
+        self._basic_auth = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+        self._correlation_field = settings.correlation_field
+        self._job = _job_decoder(settings.correlation_field)
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         # A connect timeout proves nothing was sent, so it is a plain Transient.
         self._submit_timeout = aiohttp.ClientTimeout(
@@ -181,8 +215,14 @@ class ThunderheadClient:
             settings.rate_limit_per_s,
             settings.rate_limit_burst,
             max_wait_s=settings.timeout_s,
+            min_rate_per_s=settings.rate_min_per_s,
+            decrease_factor=settings.rate_decrease_factor,
+            recovery_s=settings.rate_recovery_s,
+            ceiling_ttl_s=settings.rate_ceiling_ttl_s,
             clock=clock,
         )
+        self.credentials_error: str | None = None
+        """Why the token endpoint last refused OMS (None: it did not); for readiness."""
         self._stack: AsyncExitStack | None = None
         self._state: _Open | None = None
 
@@ -216,33 +256,72 @@ class ThunderheadClient:
         if stack is not None:
             await stack.aclose()
 
+    @property
+    def rate_per_s(self) -> float:
+        """The call rate in force now (it drops after a 429, then climbs back)."""
+        return self._limiter.rate_per_s
+
     async def submit_batch(
-        self, batch_config_res_id: str, batch_name: str, transactions: list[Transaction]
+        self, batch_config_res_id: int, batch_name: str, transactions: list[Transaction]
     ) -> str:
-        """Submit ``transactions`` as one job; return its jobId."""
-        payload = base64.b64encode(_ENCODE(transactions)).decode("ascii")
-        body = _ENCODE(
-            _SubmitBatch(
-                batch_config_res_id=batch_config_res_id,
-                batch_name=batch_name,
-                transaction_data_type="application/json",
-                transaction_data=payload,
-            )
-        )
+        """Submit ``transactions`` as one job; return its jobId (as text)."""
+        request: dict[str, Any] = {
+            "batchConfigResId": batch_config_res_id,
+            "batchName": batch_name,
+            "transactionDataType": "application/json",
+            "transactionData": self.encode_transactions(transactions),
+        }
+        if self._settings.project_id:
+            request["projectId"] = self._settings.project_id
         context = {"batch_name": batch_name, "transactions": len(transactions)}
-        answer = await self._post("submitBatch", body, _SUBMIT, context)
+        answer = await self._post("submitBatch", _ENCODE(request), _SUBMIT, context)
+        job_id = str(answer.job_id).strip()
         log.info(
             "Thunderhead accepted batch %s as job %s",
             batch_name,
-            answer.job_id,
-            extra={**context, "job_id": answer.job_id},
+            job_id,
+            extra={**context, "job_id": job_id},
         )
-        return answer.job_id
+        return job_id
+
+    def encode_transactions(self, transactions: list[Transaction]) -> str:
+        """``transactionData``: Base64 of the JSON array, the reference under its field."""
+        return base64.b64encode(_ENCODE([self._wire_transaction(t) for t in transactions])).decode(
+            "ascii"
+        )
+
+    def _wire_transaction(self, transaction: Transaction) -> dict[str, Any]:
+        return {
+            self._correlation_field: transaction.correlation_reference,
+            "templateId": transaction.template_id,
+            "templateVersion": transaction.template_version,
+            "channel": transaction.channel,
+            "language": transaction.language,
+            "brand": transaction.brand,
+            "recipient": transaction.recipient,
+            "data": transaction.data,
+        }
 
     async def job_status(self, job_id: str) -> JobStatus:
         url = self._api_url.joinpath(_segment(job_id), encoded=True)
-        return await self._api(
-            "jobStatus", "GET", url, _JOB, unsafe=False, context={"job_id": job_id}
+        wire = await self._api(
+            "jobStatus", "GET", url, self._job, unsafe=False, context={"job_id": job_id}
+        )
+        return JobStatus(
+            job_id=str(wire.job_id),
+            status=wire.status,
+            batch_name=wire.batch_name,
+            transactions=tuple(
+                TransactionStatus(
+                    correlation_reference=t.correlation_reference,
+                    status=t.status,
+                    envelopes=t.envelopes,
+                    exceptions=t.exceptions,
+                    job_messages=t.job_messages,
+                )
+                for t in wire.transactions
+            ),
+            job_messages=wire.job_messages,
         )
 
     async def find_by_reference(self, reference: str) -> list[JobRef]:
@@ -256,17 +335,49 @@ class ThunderheadClient:
             context={"document_id": reference},
             params={"reference": reference},
         )
-        return list(answer.jobs)
+        return [
+            JobRef(job_id=str(j.job_id), batch_name=j.batch_name, status=j.status)
+            for j in answer.jobs
+        ]
 
-    async def generate_document(self, transaction: Transaction) -> GeneratedDocument:
-        """Compose one document synchronously; a FAILED status is a ``ThunderheadRejected``."""
+    async def generate_document(
+        self,
+        batch_config_res_id: int,
+        transaction: Transaction,
+        *,
+        include_document_data: bool = False,
+        properties: Mapping[str, str] | None = None,
+    ) -> GeneratedDocument:
+        """Compose one document synchronously (the public ``GenerateDocument``).
+
+        A business failure is a ``ThunderheadRejected``. The answer ties nothing to
+        the document (no correlation field, no job id), so an unanswered call cannot
+        be reconciled: the pipeline does not use this (docs/thunderhead.md).
+        """
+        request: dict[str, Any] = {
+            "batchConfigResId": batch_config_res_id,
+            "transactionData": base64.b64encode(
+                _ENCODE(self._wire_transaction(transaction))
+            ).decode("ascii"),
+            "transactionDataType": "application/json",
+            "transactionRange": 1,
+            "properties": [{"name": k, "value": v} for k, v in (properties or {}).items()],
+        }
+        if self._settings.project_id:
+            request["projectId"] = self._settings.project_id
         context = {"document_id": transaction.correlation_reference}
-        answer = await self._post("generateDocument", _ENCODE(transaction), _GENERATE, context)
+        flag = "true" if include_document_data else "false"
+        answer = await self._post(
+            "generateDocument",
+            _ENCODE(request),
+            _GENERATE,
+            context,
+            params={"includeDocumentData": flag},
+        )
         return GeneratedDocument(
-            correlation_reference=answer.correlation_reference,
-            status=answer.status,
             envelopes=answer.envelopes,
-            job_id=answer.job_id,
+            job_messages=answer.job_messages,
+            number_transactions=answer.number_transactions,
         )
 
     async def ping(self) -> bool:
@@ -291,6 +402,7 @@ class ThunderheadClient:
         body: bytes,
         decoder: msgspec.json.Decoder[T],
         context: dict[str, Any],
+        params: Mapping[str, str] | None = None,
     ) -> T:
         limit = self._settings.max_request_bytes
         if len(body) > limit:
@@ -313,6 +425,7 @@ class ThunderheadClient:
             context=context,
             data=body,
             headers={"Content-Type": "application/json"},
+            **({"params": params} if params else {}),
         )
 
     async def _api(
@@ -349,13 +462,13 @@ class ThunderheadClient:
         answer = self._decode(endpoint, reply, decoder, unsafe, context)
         if isinstance(answer, _Answer):
             if answer.failed():
-                messages = _messages(answer)
+                said = _messages(answer)
                 raise self._failed(
                     endpoint,
                     "rejected",
                     exceptions.ThunderheadRejected(
-                        f"{endpoint} failed with {len(messages)} message(s)",
-                        messages,
+                        f"{endpoint} failed: {_summary(said)}",
+                        said,
                         reply.status,
                     ),
                     context,
@@ -374,13 +487,15 @@ class ThunderheadClient:
 
     async def _fetch_token(self) -> Grant:
         s = self._settings
-        form = {
-            "grant_type": s.grant_type,
-            "client_id": s.client_id,
-            "client_secret": s.client_secret,
-        }
+        form = {"grant_type": s.grant_type}
+        headers: dict[str, str] = {}
         if s.grant_type == "password":
             form |= {"username": s.username, "password": s.password}
+        # ONE client authentication method per request (RFC 6749 2.3.1).
+        if s.client_auth == "basic":
+            headers["Authorization"] = self._basic_auth
+        else:
+            form |= {"client_id": s.client_id, "client_secret": s.client_secret}
         reply = await self._exchange(
             "token",
             "POST",
@@ -388,14 +503,22 @@ class ThunderheadClient:
             unsafe=False,
             context={},
             data=form,
-            headers={"Authorization": self._basic_auth},
+            headers=headers,
         )
-        self._check_status("token", reply, False, {})
+        try:
+            self._check_status("token", reply, False, {})
+        except exceptions.ThunderheadTransient as exc:
+            if 400 <= reply.status < 500 and reply.status != 429:
+                self.credentials_error = exc.reason
+                metrics.TOKEN_OK.set(0)
+            raise
         answer = self._decode("token", reply, _TOKEN, False, {})
         if not answer.access_token:
             raise self._failed(
                 "token", "invalid_answer", self._unusable("token answered no token", False), {}
             )
+        self.credentials_error = None
+        metrics.TOKEN_OK.set(1)
         metrics.CALLS.labels("token", "ok").inc()
         return Grant(answer.access_token, answer.expires_in)
 
@@ -436,6 +559,10 @@ class ThunderheadClient:
     ) -> _Reply:
         """Send; a timeout or lost connection on an unsafe call is an unknown outcome."""
         timeout = self._submit_timeout if unsafe else self._timeout
+        if isinstance(request.get("data"), bytes):
+            # A file-like body is streamed (aiohttp warns that large bytes block the
+            # loop); a new one per send, since a 401 retry sends the body again.
+            request = {**request, "data": io.BytesIO(request["data"])}
         retry = self._settings.wait_500_s
         started = time.perf_counter()
         try:
@@ -487,14 +614,19 @@ class ThunderheadClient:
         if status in (429, 503):
             default = s.wait_429_s if status == 429 else s.wait_503_s
             wait = _retry_after(reply.retry_after, default)
-            self._limiter.pause(wait)
+            if status == 429:
+                self._limiter.throttled(wait)  # the tenant's limit is below our rate
+            else:
+                self._limiter.pause(wait)  # maintenance: says nothing about the rate
             error = exceptions.ThunderheadTransient(reason, wait)
             raise self._failed(endpoint, "throttled", error, context, reply)
         if status in (502, 504) and unsafe:
             error = exceptions.ThunderheadOutcomeUnknown(reason, s.wait_500_s)
             raise self._failed(endpoint, "outcome_unknown", error, context, reply)
         if status >= 500:
-            error = exceptions.ThunderheadTransient(reason, s.wait_500_s)
+            # A token endpoint's 5xx is OMS's wait, never a document's attempt.
+            attempt = endpoint != "token"
+            error = exceptions.ThunderheadTransient(reason, s.wait_500_s, attempt=attempt)
             raise self._failed(endpoint, "server_error", error, context, reply)
         if status == 401 or (endpoint == "token" and 400 <= status < 500):
             code = _error_answer(reply.body).error
@@ -502,8 +634,9 @@ class ThunderheadClient:
             error = exceptions.ThunderheadTransient(reason, s.wait_500_s)
             raise self._failed(endpoint, "unauthorized", error, context, reply)
         if 400 <= status < 500:
-            messages = _messages(_error_answer(reply.body))
-            error = exceptions.ThunderheadRejected(reason, messages, status)
+            said = _messages(_error_answer(reply.body))
+            reason = f"{reason}: {_summary(said)}" if said else reason
+            error = exceptions.ThunderheadRejected(reason, said, status)
             raise self._failed(endpoint, "rejected", error, context, reply)
         # 1xx/3xx: not Thunderhead's protocol (a proxy, a wrong base URL).
         error = self._unusable(f"{reason}, which OMS does not expect", unsafe)
@@ -570,8 +703,21 @@ def _error_answer(body: bytes | None) -> _ErrorAnswer:
 
 
 def _messages(answer: _Answer) -> list[dict[str, object]]:
-    """Every exception, then every job message, as plain dicts (wire names)."""
-    return [msgspec.to_builtins(m) for m in (*answer.exceptions, *answer.job_messages)]
+    """Every exception, then every job message, as Thunderhead wrote them."""
+    said: list[dict[str, object]] = messages(answer.exceptions, answer.job_messages)
+    if isinstance(answer, _ErrorAnswer) and answer.msg:
+        said.append({"id": answer.id, "msg": answer.msg})
+    return said
+
+
+def _summary(said: list[dict[str, object]]) -> str:
+    """The texts of Thunderhead's messages, for a log line or a document's error."""
+    texts = [str(m.get("msg") or m.get("msgText") or "") for m in said]
+    texts = [t for t in texts if t]
+    if not texts:
+        return f"{len(said)} message(s)"
+    more = f" (+{len(texts) - 3} more)" if len(texts) > 3 else ""
+    return "; ".join(texts[:3]) + more
 
 
 def _retry_after(value: str | None, default: float) -> float:

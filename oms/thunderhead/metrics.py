@@ -64,3 +64,13 @@ IN_FLIGHT = _once(
     "oms_thunderhead_in_flight",
     "Thunderhead HTTP requests in flight.",
 )
+RATE_LIMIT = _once(
+    Gauge,
+    "oms_thunderhead_rate_limit_per_second",
+    "The Thunderhead call rate in force (below the setting for a while after a 429).",
+)
+TOKEN_OK = _once(
+    Gauge,
+    "oms_thunderhead_token_ok",
+    "1 if the last OAuth2 token fetch succeeded, 0 if Thunderhead refused it (credentials).",
+)

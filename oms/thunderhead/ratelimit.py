@@ -1,18 +1,29 @@
 """One token bucket and one global pause, shared by every call of a Thunderhead client.
 
-The bucket holds up to ``burst`` tokens and refills at ``rate_per_s``. A caller
+The bucket holds up to ``burst`` tokens and refills at the current rate. A caller
 reserves the next token, possibly in the future, and sleeps until it is due, so
 callers are served in arrival order without polling, and in any window of T
-seconds at most ``burst + rate_per_s * T`` calls start.
+seconds at most ``burst + rate * T`` calls start.
 
 A 429 or 503 pauses everything until its Retry-After has passed. Short pauses
 (at most ``max_wait_s``) are waited out; a caller facing a longer one gets
 ``ThunderheadTransient`` at once, carrying the time left, and reschedules its work
 instead of holding on to it.
+
+A 429 also means the tenant's limit is below what OMS sent (licence agreements set
+it, not OMS), so the rate adapts, AIMD-style: it drops to ``decrease_factor`` times
+what was sent in the last second, the burst shrinks to one call, and the rate then
+climbs back linearly (the full rate over ``recovery_s``) but only up to 90% of the
+rate the tenant let through in the second before the 429, less one call. That
+ceiling is forgotten after ``ceiling_ttl_s`` without a 429; only then does OMS
+probe above it. So a tenant limit below OMS's setting costs one 429 per
+``ceiling_ttl_s``, not one per pause. A 503 (maintenance) pauses but
+leaves the rate alone: it says nothing about the limit.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +31,10 @@ import anyio
 
 from oms import exceptions
 from oms.thunderhead import metrics
+
+_HEADROOM = 0.9  # climb back to this share of what the tenant let through, less one
+# call (the burst token): in any second at most burst (1) + rate calls start, so
+# this keeps a whole call of margin for arrival jitter at the tenant's window.
 
 
 class RateLimiter:
@@ -29,19 +44,41 @@ class RateLimiter:
         burst: int,
         *,
         max_wait_s: float,
+        min_rate_per_s: float = 0.5,
+        decrease_factor: float = 0.5,
+        recovery_s: float = 30.0,
+        ceiling_ttl_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be > 0 and burst >= 1")
-        self._rate_per_s = rate_per_s
+        if not 0 < decrease_factor < 1 or recovery_s <= 0 or min_rate_per_s <= 0:
+            raise ValueError("decrease_factor must be in (0, 1); recovery_s, min_rate_per_s > 0")
+        self._max_rate = rate_per_s
+        self._min_rate = min(min_rate_per_s, rate_per_s)
         self._burst = float(burst)
         self._max_wait_s = max_wait_s
+        self._decrease = decrease_factor
+        self._climb_per_s = rate_per_s / recovery_s
+        self._ceiling_ttl_s = ceiling_ttl_s
         self._clock = clock
         self._sleep = sleep
+        now = clock()
+        self._rate = rate_per_s
+        self._ceiling: float | None = None  # the sending rate a 429 refused
+        self._ceiling_at = now
         self._tokens = float(burst)  # negative: tokens already promised to waiting callers
-        self._updated = clock()
-        self._paused_until = clock()
+        self._updated = now
+        self._paused_until = now
+        self._starts: collections.deque[float] = collections.deque()  # call start times
+        metrics.RATE_LIMIT.set(rate_per_s)
+
+    @property
+    def rate_per_s(self) -> float:
+        """The rate in force now (below the setting for a while after a 429)."""
+        self._refill(self._clock())
+        return self._rate
 
     def paused_for(self) -> float:
         """Seconds left of the current pause (0 if none)."""
@@ -50,6 +87,18 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         """Stop every caller for ``seconds`` from now; never shortens a longer pause."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def throttled(self, seconds: float) -> None:
+        """Thunderhead answered 429: pause, and send slower afterwards."""
+        now = self._clock()
+        self._refill(now)
+        sent = float(sum(1 for t in self._starts if now - 1.0 < t <= now))
+        # What the tenant let through in that second: all but the call it refused.
+        self._ceiling, self._ceiling_at = max(1.0, sent - 1.0), now
+        self._rate = max(self._min_rate, min(self._rate, sent) * self._decrease)
+        self._tokens = min(self._tokens, 0.0)  # no burst when the pause ends
+        metrics.RATE_LIMIT.set(self._rate)
+        self.pause(seconds)
 
     def check(self) -> None:
         """Raise ``ThunderheadTransient`` if a pause longer than ``max_wait_s`` is on."""
@@ -60,11 +109,13 @@ class RateLimiter:
     def reserve(self) -> float:
         """Take the next token; return how long until it is due (0: now)."""
         now = self._clock()
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(self._burst, self._tokens + elapsed * self._rate_per_s)
-        self._updated = now
+        self._refill(now)
         self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate_per_s
+        delay = 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+        self._starts.append(now + delay)
+        while self._starts and self._starts[0] <= now - 1.0:
+            self._starts.popleft()
+        return delay
 
     async def acquire(self) -> None:
         """Wait for a pause to end (if short) and for a token; then the caller may send."""
@@ -81,6 +132,26 @@ class RateLimiter:
                 return
             # A 429/503 came in while this caller waited: its token is void (it
             # was for a moment that is now inside the pause); queue again.
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self._updated)
+        self._updated = now
+        target, capacity = self._max_rate, self._burst
+        if self._ceiling is not None:
+            if now - self._ceiling_at < self._ceiling_ttl_s:
+                target = min(self._max_rate, self._ceiling * _HEADROOM - 1.0)
+                target = max(self._min_rate, target)
+                capacity = 1.0
+            else:
+                self._ceiling = None
+        before = self._rate
+        if self._rate < target:
+            self._rate = min(target, self._rate + elapsed * self._climb_per_s)
+        else:
+            self._rate = target
+        if self._rate != before:
+            metrics.RATE_LIMIT.set(self._rate)
+        self._tokens = min(capacity, self._tokens + elapsed * self._rate)
 
     async def _wait(self, reason: str, seconds: float) -> None:
         metrics.RATE_LIMIT_WAITS.labels(reason).inc()

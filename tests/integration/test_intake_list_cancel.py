@@ -283,7 +283,7 @@ async def test_cancel_while_a_submissions_outcome_is_unknown_is_409(
         batch_id = uuid.uuid4()
         await db.execute(
             """INSERT INTO thunderhead_batches (id, batch_config_res_id, status, document_count)
-               VALUES ($1, 'BC-x', 'UNKNOWN', 1)""",
+               VALUES ($1, '1335501440', 'RECONCILING', 1)""",
             batch_id,
         )
         await db.execute(

@@ -179,3 +179,177 @@ async def test_a_long_pause_that_starts_during_a_rate_wait_refuses(clock: Clock)
 def test_nonsense_settings_are_refused(rate: float, burst: int) -> None:
     with pytest.raises(ValueError, match="rate_per_s"):
         RateLimiter(rate, burst, max_wait_s=1.0)
+
+
+# --- AIMD after a 429 ---------------------------------------------------------------
+
+RECOVERY_S = 10.0  # the full rate (10/s) over 10 s: the rate climbs 1/s
+CEILING_TTL_S = 100.0
+
+
+@pytest.fixture
+def aimd(clock: Clock) -> RateLimiter:
+    return RateLimiter(
+        RATE,
+        BURST,
+        max_wait_s=MAX_WAIT,
+        min_rate_per_s=0.5,
+        decrease_factor=0.5,
+        recovery_s=RECOVERY_S,
+        ceiling_ttl_s=CEILING_TTL_S,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def rate_gauge() -> float | None:
+    return REGISTRY.get_sample_value("oms_thunderhead_rate_limit_per_second")
+
+
+async def throttle_after_eight_calls(limiter: RateLimiter, clock: Clock) -> float:
+    """Send 8 calls within one second (5 of burst, 3 spaced), the 8th answered 429.
+
+    Returns the time of the 429. 8 calls were sent; the tenant let 7 through.
+    """
+    for _ in range(8):
+        await limiter.acquire()
+    assert clock.now == pytest.approx(1_000.3)
+    limiter.throttled(2.0)
+    return clock.now
+
+
+async def test_a_429_halves_what_was_sent_in_the_last_second(
+    aimd: RateLimiter, clock: Clock
+) -> None:
+    assert aimd.rate_per_s == RATE
+    await throttle_after_eight_calls(aimd, clock)
+    assert aimd.rate_per_s == pytest.approx(0.5 * 8)
+    assert rate_gauge() == pytest.approx(0.5 * 8)
+    assert aimd.paused_for() == pytest.approx(2.0)
+
+
+async def test_a_429_counts_only_the_last_second(aimd: RateLimiter, clock: Clock) -> None:
+    for _ in range(BURST):
+        await aimd.acquire()
+    clock.now += 5  # those calls are old news
+    await aimd.acquire()
+    aimd.throttled(1.0)
+    assert aimd.rate_per_s == pytest.approx(0.5)  # one call sent: half of it (the minimum)
+
+
+async def test_after_a_429_the_burst_is_one_call(aimd: RateLimiter, clock: Clock) -> None:
+    await throttle_after_eight_calls(aimd, clock)
+    clock.now += 2.0  # the pause is over; the bucket refilled, but holds one token
+    assert aimd.reserve() == 0.0
+    second = aimd.reserve()
+    assert second == pytest.approx(1 / aimd.rate_per_s)
+    assert second > 0
+    clock.now += 50  # however long OMS waits, still no burst while the ceiling is fresh
+    assert aimd.reserve() == 0.0
+    assert aimd.reserve() > 0
+
+
+async def test_the_rate_climbs_back_to_80_percent_of_what_got_through(
+    aimd: RateLimiter, clock: Clock
+) -> None:
+    throttled_at = await throttle_after_eight_calls(aimd, clock)
+    ceiling = 0.9 * 7 - 1  # 8 sent, the last refused: 7 let through; less one call
+    clock.now = throttled_at + 1.0
+    assert aimd.rate_per_s == pytest.approx(4.0 + 1.0)  # linear: 1/s
+    clock.now = throttled_at + 1.3
+    assert aimd.rate_per_s == pytest.approx(min(ceiling, 4.0 + 1.3))
+    clock.now = throttled_at + RECOVERY_S
+    assert aimd.rate_per_s == pytest.approx(ceiling)
+    assert rate_gauge() == pytest.approx(ceiling)
+    clock.now = throttled_at + CEILING_TTL_S - 1  # no climb above while the ceiling is fresh
+    assert aimd.rate_per_s == pytest.approx(ceiling)
+    assert ceiling < RATE
+
+
+async def test_sending_at_the_lowered_rate_stays_under_the_ceiling(
+    aimd: RateLimiter, clock: Clock
+) -> None:
+    throttled_at = await throttle_after_eight_calls(aimd, clock)
+    clock.now = throttled_at + 2.0
+    starts: list[float] = []
+    for _ in range(100):  # bounded: 100 calls, about 20 s of fake time
+        await aimd.acquire()
+        starts.append(clock.now)
+    assert starts[-1] - throttled_at < CEILING_TTL_S
+    for i, start in enumerate(starts):
+        in_window = sum(1 for t in starts[i:] if t < start + 1.0)
+        assert in_window <= 0.9 * 7 - 1 + 1  # the rate ceiling plus a burst of one
+
+
+async def test_the_ceiling_is_forgotten_after_its_ttl(aimd: RateLimiter, clock: Clock) -> None:
+    throttled_at = await throttle_after_eight_calls(aimd, clock)
+    ceiling = 0.9 * 7 - 1
+    clock.now = throttled_at + CEILING_TTL_S - 0.001
+    assert aimd.rate_per_s == pytest.approx(ceiling)
+    clock.now = throttled_at + CEILING_TTL_S + 1.0
+    assert aimd.rate_per_s == pytest.approx(ceiling + 1.0, abs=0.01)  # climbing again, 1/s
+    clock.now += RECOVERY_S
+    assert aimd.rate_per_s == RATE
+    assert rate_gauge() == RATE
+    clock.now += 1.0  # and the full burst is back
+    assert [aimd.reserve() for _ in range(BURST)] == [0.0] * BURST
+    assert aimd.reserve() > 0
+
+
+async def test_a_second_429_renews_the_ceiling(aimd: RateLimiter, clock: Clock) -> None:
+    first = await throttle_after_eight_calls(aimd, clock)
+    clock.now = first + 90
+    for _ in range(3):
+        await aimd.acquire()
+    aimd.throttled(1.0)
+    second = clock.now
+    clock.now = first + CEILING_TTL_S + 50  # the first ceiling would be gone by now
+    capped = aimd.rate_per_s
+    assert capped < RATE
+    clock.now = second + CEILING_TTL_S + RECOVERY_S + 1
+    assert aimd.rate_per_s == RATE
+
+
+async def test_the_rate_never_drops_below_the_minimum(clock: Clock) -> None:
+    limiter = RateLimiter(
+        RATE, BURST, max_wait_s=MAX_WAIT, min_rate_per_s=2.0, clock=clock, sleep=clock.sleep
+    )
+    for _ in range(5):  # bounded: five 429s in a row
+        await limiter.acquire()
+        limiter.throttled(0.5)
+        assert limiter.rate_per_s >= 2.0
+    assert limiter.rate_per_s == pytest.approx(2.0)
+
+
+async def test_a_pause_leaves_the_rate_and_burst_alone(aimd: RateLimiter, clock: Clock) -> None:
+    for _ in range(8):
+        await aimd.acquire()
+    aimd.pause(2.0)  # a 503: maintenance says nothing about the tenant's limit
+    assert aimd.rate_per_s == RATE
+    assert rate_gauge() == RATE
+    clock.now += 2.0
+    assert [aimd.reserve() for _ in range(BURST)] == [0.0] * BURST
+
+
+async def test_a_long_429_refuses_callers_at_once(aimd: RateLimiter, clock: Clock) -> None:
+    await aimd.acquire()
+    aimd.throttled(30.0)
+    with pytest.raises(exceptions.ThunderheadTransient) as caught:
+        await aimd.acquire()
+    assert caught.value.retry_after_s == pytest.approx(30.0)
+    assert not caught.value.attempt
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"decrease_factor": 0.0},
+        {"decrease_factor": 1.0},
+        {"recovery_s": 0.0},
+        {"min_rate_per_s": 0.0},
+    ],
+)
+def test_nonsense_aimd_settings_are_refused(overrides: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="decrease_factor"):
+        RateLimiter(RATE, BURST, max_wait_s=1.0, **overrides)

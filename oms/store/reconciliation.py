@@ -1,0 +1,198 @@
+"""Batches whose submission outcome is unknown, decided one batch at a time.
+
+A batch is one Thunderhead job or nothing, so one answer settles all its documents:
+adopt the job Thunderhead has (``processing.mark_submitted``), send the documents
+again (Thunderhead does not have it and no send can still be on its way), or fail
+them when Thunderhead could not tell in time. A batch is worked on by one
+reconciler at a time: a short lease on the batch row (``reconcile_owner``), taken
+with a compare-and-set, so several processes share the work safely.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import asyncpg
+import msgspec
+
+from oms import domain
+from oms.store import journal
+from oms.store.documents import Topics
+
+ACTOR = "reconciliation"
+
+
+class Reconciling(msgspec.Struct, frozen=True):
+    """A batch to ask Thunderhead about now, with one reference that proves its fate."""
+
+    batch_id: uuid.UUID
+    created_at: datetime
+    rounds: int
+    reference: uuid.UUID | None  # None: no document waits on it any more
+
+
+async def take_due(
+    conn: asyncpg.Connection, owner: str, hold: timedelta, now: datetime, limit: int
+) -> list[Reconciling]:
+    """Take up to ``limit`` due batches for ``hold`` (skipping those another holds)."""
+    rows = await conn.fetch(
+        """UPDATE thunderhead_batches b
+           SET reconcile_owner = $1, reconcile_until = $2::timestamptz + $3::interval
+           WHERE b.id IN (SELECT id FROM thunderhead_batches
+                          WHERE status = 'RECONCILING' AND next_reconcile_at <= $2
+                            AND (reconcile_owner IS NULL OR reconcile_until < $2)
+                          ORDER BY next_reconcile_at
+                          LIMIT $4
+                          FOR UPDATE SKIP LOCKED)
+           RETURNING b.id, b.created_at, b.reconcile_rounds,
+                     (SELECT d.id FROM documents d
+                      WHERE d.batch_id = b.id AND d.status = 'PROCESSING'
+                      ORDER BY d.id LIMIT 1) AS reference""",
+        owner,
+        now,
+        hold,
+        limit,
+    )
+    return [
+        Reconciling(r["id"], r["created_at"], r["reconcile_rounds"], r["reference"]) for r in rows
+    ]
+
+
+async def again_at(
+    conn: asyncpg.Connection, batch_id: uuid.UUID, owner: str, when: datetime, error: str
+) -> None:
+    """No decision yet: ask again at ``when``; the round is counted and shown."""
+    await conn.execute(
+        """UPDATE thunderhead_batches
+           SET reconcile_rounds = reconcile_rounds + 1, next_reconcile_at = $3,
+               last_error = $4, reconcile_owner = NULL, reconcile_until = NULL
+           WHERE id = $1 AND status = 'RECONCILING' AND reconcile_owner = $2""",
+        batch_id,
+        owner,
+        when,
+        error,
+    )
+
+
+async def send_again(
+    conn: asyncpg.Connection, batch_id: uuid.UUID, owner: str, reason: str, now: datetime
+) -> list[domain.DocumentRequested]:
+    """Thunderhead does not have the batch: close it, make its documents due now.
+
+    No attempt is used: Thunderhead never answered those documents with a failure.
+    Returns the events that put them back in processing.
+    """
+    async with conn.transaction():
+        closed = await conn.execute(
+            """UPDATE thunderhead_batches
+               SET status = 'ABANDONED', finished_at = $3, reconcile_rounds = reconcile_rounds + 1,
+                   last_error = $4, reconcile_owner = NULL, reconcile_until = NULL
+               WHERE id = $1 AND status = 'RECONCILING' AND reconcile_owner = $2
+                 AND job_id IS NULL""",
+            batch_id,
+            owner,
+            now,
+            reason,
+        )
+        if closed.endswith(" 0"):
+            return []
+        rows = await conn.fetch(
+            """UPDATE documents SET batch_id = NULL, next_attempt_at = $2, lease_owner = NULL,
+                   lease_expires_at = NULL, updated_at = $2
+               WHERE batch_id = $1 AND status = 'PROCESSING'
+               RETURNING id, source_system, client_reference, priority, document_type,
+                         channel, trace_id""",
+            batch_id,
+            now,
+        )
+        await journal.append_timeline(
+            conn,
+            [
+                journal.TimelineEntry(
+                    r["id"],
+                    domain.Status.PROCESSING,
+                    domain.Status.PROCESSING,
+                    {"event": "send_again", "batch_id": str(batch_id), "reason": reason},
+                )
+                for r in rows
+            ],
+            ACTOR,
+            now,
+        )
+    return [
+        domain.DocumentRequested(
+            document_id=r["id"],
+            source_system=r["source_system"],
+            client_reference=r["client_reference"],
+            priority=domain.Priority.from_rank(r["priority"]),
+            document_type=r["document_type"],
+            channel=domain.Channel(r["channel"]),
+            trace_id=r["trace_id"],
+        )
+        for r in rows
+    ]
+
+
+async def fail(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    owner: str,
+    error: domain.DocumentError,
+    topics: Topics,
+    now: datetime,
+) -> list[uuid.UUID]:
+    """Thunderhead could not say in time whether it has the batch: FAILED, all of it."""
+    async with conn.transaction():
+        closed = await conn.execute(
+            """UPDATE thunderhead_batches
+               SET status = 'FAILED', finished_at = $3, last_error = $4,
+                   reconcile_owner = NULL, reconcile_until = NULL
+               WHERE id = $1 AND status = 'RECONCILING' AND reconcile_owner = $2
+                 AND job_id IS NULL""",
+            batch_id,
+            owner,
+            now,
+            error.detail or error.reason,
+        )
+        if closed.endswith(" 0"):
+            return []
+        rows = await conn.fetch(
+            """UPDATE documents SET status = 'FAILED', last_error = $2, lease_owner = NULL,
+                   lease_expires_at = NULL, next_attempt_at = NULL, updated_at = $3
+               WHERE batch_id = $1 AND status = 'PROCESSING'
+               RETURNING id, source_system, client_reference, trace_id""",
+            batch_id,
+            msgspec.to_builtins(error),
+            now,
+        )
+        await journal.append_timeline(
+            conn,
+            [
+                journal.TimelineEntry(
+                    r["id"],
+                    domain.Status.PROCESSING,
+                    domain.Status.FAILED,
+                    {"reason": error.reason, "batch_id": str(batch_id)},
+                )
+                for r in rows
+            ],
+            ACTOR,
+            now,
+        )
+        await journal.append_outbox(
+            conn,
+            [
+                journal.failed_event(
+                    r["id"],
+                    r["source_system"],
+                    r["client_reference"],
+                    r["trace_id"],
+                    error,
+                    topics.status,
+                )
+                for r in rows
+            ],
+            now,
+        )
+    return [r["id"] for r in rows]
