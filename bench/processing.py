@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
 import sys
 import time
@@ -44,29 +43,22 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import msgspec
 from common import (  # bench/ is on sys.path
+    Child,
+    add_api_key,
+    create_database,
     document,
-    free_port,
+    oms_child,
     print_machine,
     run_rounds,
-    with_database,
+    sim_stats,
+    simulator_child,
+    submit_documents,
 )
 
-from oms.store import api_keys
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-API_KEY = "oms_bench_benchmarksecret123"
 VARIANTS = ("batched", "unbatched")
-READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
-REQUEST_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.2
-RESUBMIT_WAIT_S = 0.1  # after a 503: short, so the wait is not what is measured
-TRANSPORT_RETRIES = 3
-RESUBMIT_LIMIT = 10_000  # calls for one chunk; the run's timeout comes first
-SIM_CONFIG = '{"latency_s": 0, "processing_s_per_document": 0.01}'
+SIM_CONFIG = {"latency_s": 0, "processing_s_per_document": 0.01}
 THUNDERHEAD_ENV = {
     "OMS_THUNDERHEAD__RATE_LIMIT_PER_S": "100000",
     "OMS_THUNDERHEAD__RATE_LIMIT_BURST": "1000",
@@ -111,96 +103,15 @@ class Result:
 DONE: list[list[str]] = [["SUBMITTED", "COMPLETED"]]
 
 
-class Child:
-    """One subprocess; its output goes to a file so it can never block on a pipe."""
-
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], ready_url: str, log_path: Path
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._argv = argv
-        self._env = env
-        self._ready_url = ready_url
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        with self.log_path.open("wb") as log:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._argv,
-                cwd=REPO_ROOT,
-                env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.returncode is not None:
-                raise RuntimeError(
-                    f"{self.name} exited ({self._proc.returncode}):\n{self.log_tail()}"
-                )
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(
-                    self._ready_url, timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(
-            f"{self.name} not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
-        )
-
-    async def stop(self) -> int | None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return proc.returncode if proc else None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            print(
-                f"  {self.name} did not stop within {STOP_TIMEOUT_S:.0f} s; killing it", flush=True
-            )
-            proc.kill()
-            return await proc.wait()
-
-    def log_tail(self, limit: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-
-def simulator(log_path: Path) -> tuple[Child, str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "oms.sim.thunderhead", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--config", SIM_CONFIG]
-    return Child("simulator", argv, dict(os.environ), f"{base_url}/_sim/stats", log_path), base_url
-
-
 def oms(dsn: str, thunderhead_url: str, batched: bool, log_path: Path) -> tuple[Child, str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OMS_DATABASE__DSN": dsn,
-        "OMS_SERVER__HOST": "127.0.0.1",
-        "OMS_SERVER__PORT": str(port),
-        "OMS_KAFKA__EMBEDDED_PORT": str(free_port()),  # its own broker, never a shared port
-        "OMS_LOGGING__LEVEL": "WARNING",
-        "OMS_THUNDERHEAD__BASE_URL": thunderhead_url,
-        **THUNDERHEAD_ENV,
-    }
+    env = dict(THUNDERHEAD_ENV)
     if not batched:
         env["OMS_PROCESSING__BATCH_MAX_DOCUMENTS"] = "1"
     if DONE[0] == ["COMPLETED"]:
         # End to end: poll Thunderhead often enough that polling is not what is measured.
         env["OMS_MONITORING__POLL_INITIAL_S"] = "0.2"
         env["OMS_MONITORING__POLL_MAX_S"] = "1"
-    argv = [sys.executable, "run.py"]
-    return Child("OMS", argv, env, f"{base_url}/readyz", log_path), base_url
+    return oms_child(dsn, thunderhead_url, env, log_path)
 
 
 async def submit_all(
@@ -211,66 +122,15 @@ async def submit_all(
     args: argparse.Namespace,
 ) -> None:
     """Every document through the batch endpoint; 503 items are resubmitted until stored."""
-    url = f"{base_url}/v1/documents/batch"
-    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     bodies = [document(f"{prefix}-{i}") for i in range(result.documents)]
-    chunks: asyncio.Queue[list[bytes]] = asyncio.Queue()
-    for start in range(0, len(bodies), args.batch_size):
-        chunks.put_nowait(bodies[start : start + args.batch_size])
-
-    async def post(items: list[bytes]) -> list[bytes]:
-        """One call; the items to send again (503s, or all of them after a transport error)."""
-        payload = b'{"documents":[' + b",".join(items) + b"]}"
-        for attempt in range(TRANSPORT_RETRIES + 1):
-            try:
-                async with session.post(url, data=payload, headers=headers, timeout=timeout) as r:
-                    body = await r.read()
-                    if r.status == 503:  # the whole call was refused: send it again
-                        result.resubmitted_503 += len(items)
-                        return items
-                    if r.status != 200:
-                        result.rejected[f"batch {r.status}"] += len(items)
-                        print(f"  batch call answered {r.status}: {body[:300]!r}", flush=True)
-                        return []
-                    answer = msgspec.json.decode(body)
-                    break
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                result.transport_errors += 1
-                if attempt == TRANSPORT_RETRIES:
-                    raise RuntimeError(f"batch call failed {attempt + 1} times: {exc!r}") from exc
-                await asyncio.sleep(0.2)
-        again = []
-        for item in answer["results"]:
-            status = item["status"]
-            if status == 503:
-                again.append(items[item["index"]])
-            elif status == 409 and (item.get("problem") or {}).get("document_id"):
-                # Stored by a call whose answer was lost to a transport error.
-                result.rejected["409 (stored earlier)"] += 1
-            elif status != 202:
-                result.rejected[str(status)] += 1
-        result.resubmitted_503 += len(again)
-        return again
-
-    async def worker() -> None:
-        while True:
-            try:
-                items = chunks.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            for attempt in range(RESUBMIT_LIMIT):
-                if attempt:
-                    await asyncio.sleep(RESUBMIT_WAIT_S)
-                items = await post(items)
-                if not items:
-                    break
-            else:
-                raise RuntimeError(f"{len(items)} items still refused after {RESUBMIT_LIMIT} calls")
-
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(args.concurrency):
-            tg.create_task(worker())
+    tally: Counter[str] = Counter()
+    try:
+        await submit_documents(session, base_url, bodies, args.batch_size, args.concurrency, tally)
+    finally:  # the counts so far, also when the run's timeout cancels this
+        tally.pop("accepted", None)
+        result.resubmitted_503 = tally.pop("resubmitted_503", 0)
+        result.transport_errors = tally.pop("transport_errors", 0)
+        result.rejected.update(tally)
 
 
 async def wait_submitted(conn: asyncpg.Connection, result: Result, began: float) -> None:
@@ -325,11 +185,8 @@ async def measure(
         await conn.close()
 
 
-async def sim_stats(session: aiohttp.ClientSession, sim_url: str, result: Result) -> None:
-    async with session.get(
-        f"{sim_url}/_sim/stats", timeout=aiohttp.ClientTimeout(total=5)
-    ) as response:
-        stats = msgspec.json.decode(await response.read())
+async def read_sim_stats(session: aiohttp.ClientSession, sim_url: str, result: Result) -> None:
+    stats = await sim_stats(session, sim_url)
     result.calls = dict(stats["calls"])
     result.transactions = stats["transactions"]
     result.duplicates = stats["duplicate_submissions"]
@@ -344,15 +201,9 @@ async def run_variant(
     args: argparse.Namespace,
 ) -> Result:
     database = f"bench_{variant}" if args.repeat == 1 else f"bench_{variant}_{round_}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, database)
+    dsn = await create_database(admin_dsn, database)
     result = Result(variant, round_, args.documents)
-    sim, sim_url = simulator(workdir / f"sim-{variant}-{round_}.log")
+    sim, sim_url = simulator_child(SIM_CONFIG, workdir / f"sim-{variant}-{round_}.log")
     server, base_url = oms(
         dsn, sim_url, variant == "batched", workdir / f"oms-{variant}-{round_}.log"
     )
@@ -366,11 +217,7 @@ async def run_variant(
         await sim.start(session)
         try:
             await server.start(session)
-            conn = await asyncpg.connect(dsn)
-            try:
-                await api_keys.upsert(conn, API_KEY, "bench", "source")
-            finally:
-                await conn.close()
+            await add_api_key(dsn)
             print(
                 f"[{variant} #{round_}] {args.documents} documents, {args.batch_size} per call, "
                 f"{args.concurrency} calls at once",
@@ -378,7 +225,7 @@ async def run_variant(
             )
             prefix = f"bench-{variant}-{round_}-{os.getpid()}"
             await measure(session, base_url, dsn, result, prefix, args)
-            await sim_stats(session, sim_url, result)
+            await read_sim_stats(session, sim_url, result)
         finally:
             codes["OMS"] = await server.stop()
     finally:

@@ -193,13 +193,20 @@ def check_final_event(event: Event, document: dict[str, Any], source: str = "/om
         assert data["job_id"]
         assert data["outputs"], data
         for output in data["outputs"]:
-            assert output["channel"] == document["channel"]
+            # Thunderhead's channelType, by name (docs/thunderhead.md): email is HTML.
+            assert output["channel"] == THUNDERHEAD_CHANNEL[document["channel"]], output
+            assert output["document_name"]
             assert output["part_location"]
             assert output["mime_type"]
     elif status == "FAILED":
         assert data["reason"], data
+        if data["reason"] == "generation_failed":  # Thunderhead's own words reach the user
+            assert any(m.get("msg") or m.get("msgText") for m in data["messages"]), data
     else:
         assert data["cancelled_by"], data
+
+
+THUNDERHEAD_CHANNEL = {"email": "HTML", "print": "PRINT", "sms": "SMS", "archive": "PRINT"}
 
 
 # --- consumers ------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ async def test_sigkill_mid_run_then_restart_loses_nothing_and_duplicates_nothing
     settings = {
         "OMS_THUNDERHEAD__BASE_URL": sim.url,
         "OMS_PROCESSING__LEASE_S": "4",
+        # A batch cut off by the kill is sent again once no send can still land.
+        "OMS_PROCESSING__IN_FLIGHT_WINDOW_S": "5",
+        "OMS_PROCESSING__RECONCILE_INTERVAL_S": "0.5",
         "OMS_PROCESSING__BATCH_MAX_AGE_S": "0.2",
         "OMS_PROCESSING__BATCH_MAX_DOCUMENTS": "20",
         "OMS_MONITORING__POLL_INITIAL_S": "0.2",

@@ -16,7 +16,7 @@ import anyio
 import asyncpg
 
 from tests.conftest import SimServer
-from tests.integration.intake_support import document, wait_until
+from tests.integration.intake_support import AUTH, document, wait_until
 from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
 
 FINAL = {"COMPLETED", "FAILED"}
@@ -317,3 +317,52 @@ async def test_a_batch_thunderhead_cannot_account_for_fails_at_the_reconciliatio
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"FAILED:reconciliation_deadline_exceeded": 3}
     assert stats["calls"]["submitBatch"] == 1  # never sent again: Thunderhead may have it
+
+
+async def test_thunderheads_words_reach_the_user(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    # Half the transactions fail: the job is COMPLETED with a W message, failed
+    # transactions carry Thunderhead's exceptions.
+    await thunderhead_server.post(
+        "/_sim/config", {"failure_ratio": 0.5, "processing_s_per_document": 0.01}
+    )
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"batch_max_documents": 12, "batch_max_age_s": 0.5},
+        monitoring=QUICK_POLLS,
+    ) as oms:
+        ids = await submit_all(oms, [document(f"M-{n}") for n in range(12)])
+        await wait_for_statuses(db, ids, FINAL, timeout_s=30)
+        async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+            shown = {}
+            for document_id in ids:
+                async with http.get(f"/v1/documents/{document_id}") as response:
+                    assert response.status == 200
+                    shown[document_id] = await response.json()
+    failed = [d for d in shown.values() if d["status"] == "FAILED"]
+    completed = [d for d in shown.values() if d["status"] == "COMPLETED"]
+    assert failed
+    assert completed
+    for doc in failed:
+        error = doc["last_error"]
+        assert error["reason"] == "generation_failed"
+        assert any(m.get("msg") for m in error["messages"]), error  # the exception's words
+        assert error["detail"]  # and their text, readable at a glance
+    for doc in completed:
+        (output,) = doc["result"]["outputs"]
+        assert output["channel"] == "HTML"  # an email is composed as HTML
+        assert output["document_name"]
+        assert output["mime_type"]
+        assert output["part_location"]
+        settled = [t for t in doc["timeline"] if t["to_status"] == "COMPLETED"]
+        assert settled[0]["detail"]["warnings"]  # the job's W message, kept
+    event = await db.fetchrow(
+        "SELECT payload FROM outbox WHERE event_type = 'oms.document.failed' LIMIT 1"
+    )
+    assert any(m.get("msg") for m in json.loads(event["payload"])["messages"])
