@@ -374,12 +374,13 @@ async def _readiness(
     checks: dict[str, str] = {}
     checks["kafka"] = "ok" if relay.healthy else f"failing: {relay.last_error or 'unknown'}"
     with anyio.move_on_after(2.0):
-        if await thunderhead.ping():
-            checks["thunderhead"] = "ok"
-        elif thunderhead.credentials_error:
-            checks["thunderhead"] = f"credentials refused: {thunderhead.credentials_error}"
+        if not await thunderhead.ping():
+            problem = thunderhead.credentials_error
+            checks["thunderhead"] = f"credentials refused: {problem}" if problem else "unreachable"
+        elif thunderhead.api_error:
+            checks["thunderhead"] = f"misconfigured: {thunderhead.api_error}"
         else:
-            checks["thunderhead"] = "unreachable"
+            checks["thunderhead"] = "ok"
     checks.setdefault("thunderhead", "timed out")
     with anyio.move_on_after(2.0) as scope:
         try:

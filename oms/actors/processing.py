@@ -16,8 +16,9 @@ Thunderhead client, and settles the outcome in one transaction per batch:
   the job Thunderhead has, or send again, so nothing is generated twice;
 - too large (413) → sent again in halves; refused whole (400, business failure)
   → bisected until the refused document is alone, which FAILS with Thunderhead's
-  messages while the others go through (at most ``split_max_extra_calls`` extra
-  submissions per batch);
+  messages while the others go through (after ``split_max_extra_calls`` extra
+  submissions, the rest go one by one: a good document never fails for its
+  neighbour);
 - rejected otherwise → FAILED at once, Thunderhead's messages kept.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ import msgspec
 
 from oms import config, domain, exceptions, metrics
 from oms.actors.batcher import Batcher
+from oms.db.pool import CONNECTION_ERRORS
 from oms.refdata import RefDataClient
 from oms.store import processing as store
 from oms.store.documents import Topics
@@ -113,6 +116,9 @@ class ProcessingStage:
         except Exception as exc:
             # A bug or an unexpected answer: count it as an attempt (so a document
             # that always fails ends FAILED, not in a loop), then let the actor die.
+            # Not so for the database being unreachable (OMS's own trouble), nor
+            # for a document whose batch Thunderhead may have: those wait.
+            unresolved = document.unresolved_batch is not None
             try:
                 with anyio.CancelScope(shield=True):
                     await self._retry(
@@ -121,9 +127,9 @@ class ProcessingStage:
                         "processing_error",
                         f"{type(exc).__name__}: {exc}",
                         0.0,
-                        charge=True,
+                        charge=not unresolved and not isinstance(exc, CONNECTION_ERRORS),
                         # Thunderhead may have it: keep the batch, so the retry reconciles.
-                        keep_batch=document.unresolved_batch is not None,
+                        keep_batch=unresolved,
                     )
             except Exception:
                 logger.exception("could not record the failure; the lease will expire")
@@ -209,6 +215,10 @@ class ProcessingStage:
     async def _send(
         self, batch_config_res_id: int, batch: list[Pending], budget: _SplitBudget
     ) -> None:
+        # The send must end well inside the lease taken below, counted from before
+        # the database call: past it another claim could reconcile and find nothing
+        # while this send still lands.
+        cut_off = time.monotonic() + max(1.0, self._settings.lease_s * 0.8)
         batch_id = domain.uuid7()
         now = _now()
         async with self._db.acquire() as conn:
@@ -227,9 +237,7 @@ class ProcessingStage:
             return
         metrics.BATCH_DOCUMENTS.observe(len(batch))
         try:
-            # The send must end well inside the lease just extended: past it,
-            # another claim could reconcile and find nothing while this one lands.
-            with anyio.fail_after(max(1.0, self._settings.lease_s * 0.8)):
+            with anyio.fail_after(max(0.0, cut_off - time.monotonic())):
                 job_id = await self._thunderhead.submit_batch(
                     batch_config_res_id, str(batch_id), [p.transaction for p in batch]
                 )
@@ -240,35 +248,62 @@ class ProcessingStage:
             await self._unknown(batch_id, batch, exc.reason)
             return
         except exceptions.ThunderheadTransient as exc:
-            await self._close_batch(batch_id, "ABANDONED")
-            await self._retry(
-                [p.event for p in batch],
-                [p.document for p in batch],
-                "thunderhead_unavailable",
-                exc.reason,
-                exc.retry_after_s,
-                charge=exc.attempt,
-            )
+            if await self._close_batch(batch_id, "ABANDONED"):
+                await self._retry(
+                    [p.event for p in batch],
+                    [p.document for p in batch],
+                    "thunderhead_unavailable",
+                    exc.reason,
+                    exc.retry_after_s,
+                    charge=exc.attempt,
+                )
             return
         except exceptions.ThunderheadRejected as exc:
-            if len(batch) > 1 and exc.status in _SPLITTABLE and budget.calls >= 2:
-                budget.calls -= 2
-                cause = "too_large" if exc.status == 413 else "rejected"
-                metrics.BATCH_SPLITS.labels(cause).inc()
-                logger.info(
-                    "Thunderhead refused a batch whole; sending it again in halves",
-                    extra={"batch_id": str(batch_id), "count": len(batch), "reason": exc.reason},
-                )
-                await self._close_batch(batch_id, "SPLIT")
-                half = len(batch) // 2
-                await self._send(batch_config_res_id, batch[:half], budget)
-                await self._send(batch_config_res_id, batch[half:], budget)
-                return
-            await self._close_batch(batch_id, "REJECTED")
+            await self._refused(batch_config_res_id, batch_id, batch, budget, exc)
+            return
+        await self._submitted(batch_id, job_id, [p.document.id for p in batch])
+
+    async def _refused(
+        self,
+        batch_config_res_id: int,
+        batch_id: uuid.UUID,
+        batch: list[Pending],
+        budget: _SplitBudget,
+        exc: exceptions.ThunderheadRejected,
+    ) -> None:
+        """Refused whole: split to find what Thunderhead refuses, or FAIL a lone document."""
+        splittable = len(batch) > 1 and exc.status in _SPLITTABLE
+        closed = await self._close_batch(batch_id, "SPLIT" if splittable else "REJECTED")
+        if not closed:
+            return  # reconciliation has the batch now (this send outlived its lease)
+        if not splittable:
             reason = "too_large" if exc.status == 413 else "thunderhead_rejected"
             await self._fail([p.document for p in batch], reason, exc.reason, exc.messages)
             return
-        await self._submitted(batch_id, job_id, [p.document.id for p in batch])
+        cause = "too_large" if exc.status == 413 else "rejected"
+        metrics.BATCH_SPLITS.labels(cause).inc()
+        async with self._db.acquire() as conn:  # the parts go one after the other
+            await store.extend_leases(
+                conn, {p.document.id: p.document.lease for p in batch}, _now() + self._lease
+            )
+        if budget.calls >= 2:
+            budget.calls -= 2
+            logger.info(
+                "Thunderhead refused a batch whole; sending it again in halves",
+                extra={"batch_id": str(batch_id), "count": len(batch), "reason": exc.reason},
+            )
+            half = len(batch) // 2
+            parts = [batch[:half], batch[half:]]
+        else:
+            # Out of halvings: one call per document finds every refused one, and
+            # never fails a good document for sharing a batch with a bad one.
+            logger.info(
+                "Thunderhead refused a batch whole; sending its documents one by one",
+                extra={"batch_id": str(batch_id), "count": len(batch), "reason": exc.reason},
+            )
+            parts = [[p] for p in batch]
+        for part in parts:
+            await self._send(batch_config_res_id, part, budget)
 
     # --- settling outcomes --------------------------------------------------------------------
 
@@ -359,9 +394,15 @@ class ProcessingStage:
             )
         metrics.PROCESSING_OUTCOMES.labels("failed").inc(len(failed))
 
-    async def _close_batch(self, batch_id: uuid.UUID, status: str) -> None:
+    async def _close_batch(self, batch_id: uuid.UUID, status: str) -> bool:
         async with self._db.acquire() as conn:
-            await store.close_batch(conn, batch_id, status, _now())
+            closed = await store.close_batch(conn, batch_id, status, _now())
+        if not closed:
+            logger.warning(
+                "a send ended after its batch was handed to reconciliation; it decides",
+                extra={"batch_id": str(batch_id), "status": status},
+            )
+        return closed
 
     def backoff(self, attempts: int, at_least_s: float) -> float:
         """Exponential backoff with jitter, never shorter than Thunderhead asked."""

@@ -7,12 +7,13 @@ Thunderhead once per round, with ONE reference (a batch is one job, so any of it
 documents proves the batch's fate), for the job whose ``batchName`` is the batch:
 
 - found → adopted for every document of the batch (never sent twice);
-- not found and the batch is older than ``in_flight_window_s`` (no send can still
-  land) → its documents are sent again, without using an attempt;
+- not found once ``in_flight_window_s`` has passed since the send was over (no
+  send can still land) → its documents are sent again, without using an attempt;
 - not found yet, or Thunderhead cannot answer → asked again later, the round
   counted and its reason kept on the batch row;
-- Thunderhead unable to answer for ``reconcile_deadline_s`` → the documents FAIL
-  ``reconciliation_deadline_exceeded`` (sending again could generate them twice).
+- Thunderhead unable to answer for ``reconcile_deadline_s`` (and at least three
+  rounds) → the documents FAIL ``reconciliation_deadline_exceeded`` (sending
+  again could generate them twice).
 
 Due batches are read from the database every ``reconcile_interval_s`` (or at once
 when poked), so this works the same in both pipeline modes and across processes.
@@ -37,6 +38,7 @@ from oms.store.documents import Topics
 from oms.thunderhead import JobRef, ThunderheadClient
 
 logger = logging.getLogger(__name__)
+_MIN_ROUNDS = 3  # never fail a batch on fewer unanswered questions, however late
 
 
 class Reconciler:
@@ -103,7 +105,7 @@ class Reconciler:
 
     async def reconcile(self, batch: store.Reconciling) -> None:
         now = _now()
-        age_s = (now - batch.created_at).total_seconds()
+        age_s = (now - batch.unknown_since).total_seconds()
         if batch.reference is None:  # nothing waits on it any more
             async with self._db.acquire() as conn:
                 await store.send_again(conn, batch.batch_id, self._owner, "no document left", now)
@@ -143,7 +145,7 @@ class Reconciler:
             return
         # Too young to be sure: a send may still be on its way. Ask again, at the
         # latest when the in-flight window closes.
-        window_ends = batch.created_at + timedelta(seconds=self._settings.in_flight_window_s)
+        window_ends = batch.unknown_since + timedelta(seconds=self._settings.in_flight_window_s)
         when = min(
             window_ends + timedelta(seconds=0.5), now + timedelta(seconds=self._delay(batch.rounds))
         )
@@ -157,7 +159,7 @@ class Reconciler:
         self, batch: store.Reconciling, age_s: float, reason: str, retry_after_s: float
     ) -> None:
         """Thunderhead could not answer: again later, or FAILED past the deadline."""
-        if age_s >= self._settings.reconcile_deadline_s:
+        if age_s >= self._settings.reconcile_deadline_s and batch.rounds + 1 >= _MIN_ROUNDS:
             error = domain.DocumentError(
                 reason="reconciliation_deadline_exceeded",
                 detail=(

@@ -29,7 +29,7 @@ from oms import bus, config, domain, metrics
 from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.db.pool import CONNECTION_ERRORS
 from oms.store import monitoring as monitoring_store
-from oms.store import sweeps
+from oms.store import reconciliation, sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,12 @@ class Sweeper:
     async def feed_processing(self, *, threshold_s: float = 0.0, note: bool = False) -> int:
         now = datetime.now(UTC)
         async with self._db.acquire() as conn:
+            strays = await reconciliation.release_strays(conn, now)
+            if strays:
+                logger.error(
+                    "parked documents without a reconciling batch were made due again",
+                    extra={"count": strays},
+                )
             found = await sweeps.due_for_processing(
                 conn, now, now - timedelta(seconds=threshold_s), self._settings.batch_size
             )

@@ -94,5 +94,8 @@ class SimConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token_ttl_s: _Seconds = 3600.0
     client_id: str = "oms"
     client_secret: str = "oms-simulator-secret"
+    username: str | None = None
+    """The password grant's user; None accepts any non-blank username and password."""
+    password: str | None = None
     batch_config_ids: tuple[Annotated[int, msgspec.Meta(gt=0)], ...] | None = None
     """The known batchConfigResIds; None knows every positive integer."""

@@ -45,8 +45,12 @@ async def token(request: web.Request) -> web.Response:
         raise gate.Answer(400, {"error": "invalid_request"})
     if grant_type not in _GRANT_TYPES:
         raise gate.Answer(400, {"error": "unsupported_grant_type"})
-    if grant_type == "password" and not (form.get("username") and form.get("password")):
-        raise gate.Answer(400, {"error": "invalid_request"})
+    if grant_type == "password":
+        user = (str(form.get("username", "")), str(form.get("password", "")))
+        if not all(user):
+            raise gate.Answer(400, {"error": "invalid_request"})
+        if config.username is not None and user != (config.username, config.password):
+            raise gate.Answer(400, {"error": "invalid_grant"})  # RFC 6749 5.2
     now = time.monotonic()
     state.tokens = {token: expiry for token, expiry in state.tokens.items() if expiry > now}
     access_token = secrets.token_urlsafe(32)

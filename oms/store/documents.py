@@ -281,6 +281,8 @@ def requested_event(item: NewDocument) -> domain.DocumentRequested:
 
 # --- reads -----------------------------------------------------------------------------------
 
+_INFINITY = datetime.max  # how asyncpg reads timestamptz 'infinity'
+
 _DOCUMENT_COLUMNS = """id, client_reference, status, priority, document_type, channel, language,
     brand, attempts, next_attempt_at, thunderhead_job_id, result, last_error, created_at,
     updated_at"""
@@ -298,7 +300,8 @@ def _document(row: asyncpg.Record, timeline: list[domain.TimelineEntry] | None) 
         language=row["language"],
         brand=row["brand"],
         attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
+        # Parked for reconciliation ('infinity'): no retry time to show.
+        next_attempt_at=row["next_attempt_at"] if row["next_attempt_at"] != _INFINITY else None,
         thunderhead_job_id=row["thunderhead_job_id"],
         result=row["result"],
         last_error=msgspec.convert(error, domain.DocumentError) if error else None,

@@ -100,3 +100,59 @@ def failed_event(
         ),
         trace_id=trace_id,
     )
+
+
+def requested_from_row(row: asyncpg.Record) -> domain.DocumentRequested:
+    """A ``document.requested`` event re-made from a document row (recoveries, re-sends)."""
+    return domain.DocumentRequested(
+        document_id=row["id"],
+        source_system=row["source_system"],
+        client_reference=row["client_reference"],
+        priority=domain.Priority.from_rank(row["priority"]),
+        document_type=row["document_type"],
+        channel=domain.Channel(row["channel"]),
+        trace_id=row["trace_id"],
+    )
+
+
+async def record_failures(
+    conn: asyncpg.Connection,
+    rows: Sequence[asyncpg.Record],
+    errors: dict[uuid.UUID, domain.DocumentError],
+    from_status: domain.Status,
+    actor: str,
+    topic: str,
+    now: datetime,
+    **detail: Any,
+) -> None:
+    """Timeline entries and Event Hub ``oms.document.failed`` rows for documents just
+    FAILED (``rows`` carry id, source_system, client_reference and trace_id)."""
+    await append_timeline(
+        conn,
+        [
+            TimelineEntry(
+                r["id"],
+                from_status,
+                domain.Status.FAILED,
+                {"reason": errors[r["id"]].reason, "error": errors[r["id"]].detail, **detail},
+            )
+            for r in rows
+        ],
+        actor,
+        now,
+    )
+    await append_outbox(
+        conn,
+        [
+            failed_event(
+                r["id"],
+                r["source_system"],
+                r["client_reference"],
+                r["trace_id"],
+                errors[r["id"]],
+                topic,
+            )
+            for r in rows
+        ],
+        now,
+    )

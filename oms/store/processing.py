@@ -7,6 +7,7 @@ expired and was taken by another) changes nothing.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from oms.store import journal
 from oms.store.documents import Topics
 
 ACTOR = "processing"
+logger = logging.getLogger(__name__)
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,26 +210,34 @@ async def mark_submitted(
 
     Not conditional on the lease: Thunderhead HAS the job, so the truth is
     SUBMITTED whoever holds the lease now — for every document of the batch
-    still PROCESSING, not only the one that found the job (the others must not
-    be sent again).
+    still PROCESSING (parked ones included), and only while the batch is still
+    waiting for its answer (SUBMITTING or RECONCILING).
     """
     async with conn.transaction():
-        await conn.execute(
+        taken = await conn.execute(
             """UPDATE thunderhead_batches SET status = 'PENDING', job_id = $2,
                    submitted_at = coalesce(submitted_at, $3), next_poll_at = $3,
-                   next_reconcile_at = NULL, reconcile_owner = NULL, reconcile_until = NULL
-               WHERE id = $1""",
+                   finished_at = NULL, next_reconcile_at = NULL, reconcile_owner = NULL,
+                   reconcile_until = NULL
+               WHERE id = $1 AND job_id IS NULL AND status IN ('SUBMITTING', 'RECONCILING')""",
             batch_id,
             job_id,
             now,
         )
+        if taken.endswith(" 0"):
+            # Given up on already (another process decided it): its documents moved
+            # on. Thunderhead has them in this job too, which must be said loudly.
+            logger.error(
+                "Thunderhead accepted a batch OMS had already given up on",
+                extra={"batch_id": str(batch_id), "job_id": job_id, "count": len(document_ids)},
+            )
+            return []
         rows = await conn.fetch(
-            """UPDATE documents SET status = 'SUBMITTED', thunderhead_job_id = $2,
-                   batch_id = $3, lease_owner = NULL, lease_expires_at = NULL,
-                   next_attempt_at = NULL, last_error = NULL, updated_at = $4
-               WHERE (id = ANY($1::uuid[]) OR batch_id = $3) AND status = 'PROCESSING'
+            """UPDATE documents SET status = 'SUBMITTED', thunderhead_job_id = $1,
+                   lease_owner = NULL, lease_expires_at = NULL,
+                   next_attempt_at = NULL, last_error = NULL, updated_at = $3
+               WHERE batch_id = $2 AND status = 'PROCESSING'
                RETURNING id, source_system, client_reference, priority, trace_id""",
-            list(document_ids),
             job_id,
             batch_id,
             now,
@@ -374,18 +384,9 @@ async def retry_or_exhaust(
                 list(failures),
                 [msgspec.to_builtins(e) for e in failures.values()],
             )
-        entries += [
-            journal.TimelineEntry(
-                r["id"],
-                domain.Status.PROCESSING,
-                domain.Status.FAILED,
-                {"reason": r["failure"], "error": failures[r["id"]].detail},
-            )
-            for r in failed
-        ]
         await journal.append_timeline(conn, entries, ACTOR, now)
-        await journal.append_outbox(
-            conn, [_failed_event(r, failures[r["id"]], topics) for r in failed], now
+        await journal.record_failures(
+            conn, failed, failures, domain.Status.PROCESSING, ACTOR, topics.status, now
         )
     return retries, [r["id"] for r in failed]
 
@@ -410,35 +411,48 @@ async def fail(
             msgspec.to_builtins(error),
             now,
         )
-        await journal.append_timeline(
+        await journal.record_failures(
             conn,
-            [
-                journal.TimelineEntry(
-                    r["id"],
-                    domain.Status.PROCESSING,
-                    domain.Status.FAILED,
-                    {"reason": error.reason},
-                )
-                for r in rows
-            ],
+            rows,
+            {r["id"]: error for r in rows},
+            domain.Status.PROCESSING,
             ACTOR,
+            topics.status,
             now,
         )
-        await journal.append_outbox(conn, [_failed_event(r, error, topics) for r in rows], now)
     return [r["id"] for r in rows]
 
 
 async def close_batch(
     conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, now: datetime
-) -> None:
+) -> bool:
     """A batch that never became a job: ABANDONED (a transient refusal: send again),
-    REJECTED (refused for good) or SPLIT (sent again in halves)."""
-    await conn.execute(
+    REJECTED (refused for good) or SPLIT (sent again in halves).
+
+    Only while it is still SUBMITTING: False when it was meanwhile handed to
+    reconciliation (this sender outlived its lease), which then decides.
+    """
+    result = await conn.execute(
         """UPDATE thunderhead_batches SET status = $2::text, finished_at = $3::timestamptz
-           WHERE id = $1 AND job_id IS NULL""",
+           WHERE id = $1 AND job_id IS NULL AND status = 'SUBMITTING'""",
         batch_id,
         status,
         now,
+    )
+    return not result.endswith(" 0")
+
+
+async def extend_leases(
+    conn: asyncpg.Connection, leases: dict[uuid.UUID, str], until: datetime
+) -> None:
+    """Keep these claims over a longer piece of work (a batch sent again in parts)."""
+    await conn.execute(
+        """UPDATE documents d SET lease_expires_at = $3
+           FROM unnest($1::uuid[], $2::text[]) AS u(id, lease)
+           WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease""",
+        list(leases),
+        list(leases.values()),
+        until,
     )
 
 
@@ -461,7 +475,7 @@ async def park_for_reconciliation(
             """UPDATE thunderhead_batches
                SET status = 'RECONCILING', finished_at = NULL,
                    next_reconcile_at = least(coalesce(next_reconcile_at, $2), $2),
-                   last_error = $3
+                   unknown_since = coalesce(unknown_since, $2), last_error = $3
                WHERE id = $1 AND job_id IS NULL AND status IN ('SUBMITTING', 'RECONCILING')""",
             batch_id,
             reconcile_at,
@@ -494,16 +508,3 @@ async def park_for_reconciliation(
             now,
         )
     return len(rows)
-
-
-def _failed_event(
-    row: asyncpg.Record, error: domain.DocumentError, topics: Topics
-) -> journal.OutboxEvent:
-    return journal.failed_event(
-        row["id"],
-        row["source_system"],
-        row["client_reference"],
-        row["trace_id"],
-        error,
-        topics.status,
-    )

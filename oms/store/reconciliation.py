@@ -27,7 +27,8 @@ class Reconciling(msgspec.Struct, frozen=True):
     """A batch to ask Thunderhead about now, with one reference that proves its fate."""
 
     batch_id: uuid.UUID
-    created_at: datetime
+    unknown_since: datetime
+    """When its send was over (answered by a timeout, or its process gone)."""
     rounds: int
     reference: uuid.UUID | None  # None: no document waits on it any more
 
@@ -45,7 +46,8 @@ async def take_due(
                           ORDER BY next_reconcile_at
                           LIMIT $4
                           FOR UPDATE SKIP LOCKED)
-           RETURNING b.id, b.created_at, b.reconcile_rounds,
+           RETURNING b.id, coalesce(b.unknown_since, b.created_at) AS unknown_since,
+                     b.reconcile_rounds,
                      (SELECT d.id FROM documents d
                       WHERE d.batch_id = b.id AND d.status = 'PROCESSING'
                       ORDER BY d.id LIMIT 1) AS reference""",
@@ -55,7 +57,8 @@ async def take_due(
         limit,
     )
     return [
-        Reconciling(r["id"], r["created_at"], r["reconcile_rounds"], r["reference"]) for r in rows
+        Reconciling(r["id"], r["unknown_since"], r["reconcile_rounds"], r["reference"])
+        for r in rows
     ]
 
 
@@ -120,18 +123,7 @@ async def send_again(
             ACTOR,
             now,
         )
-    return [
-        domain.DocumentRequested(
-            document_id=r["id"],
-            source_system=r["source_system"],
-            client_reference=r["client_reference"],
-            priority=domain.Priority.from_rank(r["priority"]),
-            document_type=r["document_type"],
-            channel=domain.Channel(r["channel"]),
-            trace_id=r["trace_id"],
-        )
-        for r in rows
-    ]
+    return [journal.requested_from_row(r) for r in rows]
 
 
 async def fail(
@@ -166,33 +158,31 @@ async def fail(
             msgspec.to_builtins(error),
             now,
         )
-        await journal.append_timeline(
+        await journal.record_failures(
             conn,
-            [
-                journal.TimelineEntry(
-                    r["id"],
-                    domain.Status.PROCESSING,
-                    domain.Status.FAILED,
-                    {"reason": error.reason, "batch_id": str(batch_id)},
-                )
-                for r in rows
-            ],
+            rows,
+            {r["id"]: error for r in rows},
+            domain.Status.PROCESSING,
             ACTOR,
+            topics.status,
             now,
-        )
-        await journal.append_outbox(
-            conn,
-            [
-                journal.failed_event(
-                    r["id"],
-                    r["source_system"],
-                    r["client_reference"],
-                    r["trace_id"],
-                    error,
-                    topics.status,
-                )
-                for r in rows
-            ],
-            now,
+            batch_id=str(batch_id),
         )
     return [r["id"] for r in rows]
+
+
+async def release_strays(conn: asyncpg.Connection, now: datetime) -> int:
+    """Parked documents whose batch is no longer RECONCILING are due again.
+
+    A safety net: every path that settles a batch moves its documents on in the
+    same transaction, so this finds nothing unless that promise was broken.
+    """
+    rows = await conn.fetch(
+        """UPDATE documents d SET next_attempt_at = $1, updated_at = $1
+           WHERE d.status = 'PROCESSING' AND d.next_attempt_at = 'infinity'
+             AND NOT EXISTS (SELECT 1 FROM thunderhead_batches b
+                             WHERE b.id = d.batch_id AND b.status = 'RECONCILING')
+           RETURNING d.id""",
+        now,
+    )
+    return len(rows)

@@ -44,15 +44,7 @@ async def due_for_processing(
     )
     return [
         Found(
-            domain.DocumentRequested(
-                document_id=r["id"],
-                source_system=r["source_system"],
-                client_reference=r["client_reference"],
-                priority=domain.Priority.from_rank(r["priority"]),
-                document_type=r["document_type"],
-                channel=domain.Channel(r["channel"]),
-                trace_id=r["trace_id"],
-            ),
+            journal.requested_from_row(r),
             domain.Status(r["status"]),
             r["reason"],
         )

@@ -94,6 +94,11 @@ class _Answer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class _SubmitAnswer(_Answer, frozen=True, kw_only=True):
     job_id: int | str | None = None  # a number on the wire; a string is accepted
 
+    def failed(self) -> bool:
+        # A job id means a job exists, whatever else the answer says: refusing it
+        # would send its documents again. Its transactions' verdicts come by polling.
+        return super().failed() and not self.usable()
+
     def usable(self) -> bool:
         return self.job_id is not None and str(self.job_id).strip() != ""
 
@@ -223,6 +228,9 @@ class ThunderheadClient:
         )
         self.credentials_error: str | None = None
         """Why the token endpoint last refused OMS (None: it did not); for readiness."""
+        self.api_error: str | None = None
+        """Why the last API call found no such path (None: fine since); for readiness."""
+        metrics.TOKEN_OK.set(float("nan"))  # unknown until the first fetch
         self._stack: AsyncExitStack | None = None
         self._state: _Open | None = None
 
@@ -482,6 +490,7 @@ class ThunderheadClient:
                     context,
                     reply,
                 )
+        self.api_error = None
         metrics.CALLS.labels(endpoint, "ok").inc()
         return answer
 
@@ -615,7 +624,8 @@ class ThunderheadClient:
             default = s.wait_429_s if status == 429 else s.wait_503_s
             wait = _retry_after(reply.retry_after, default)
             if status == 429:
-                self._limiter.throttled(wait)  # the tenant's limit is below our rate
+                # The tenant's limit is below our rate.
+                self._limiter.throttled(wait, sent_at=self._clock() - reply.latency_s)
             else:
                 self._limiter.pause(wait)  # maintenance: says nothing about the rate
             error = exceptions.ThunderheadTransient(reason, wait)
@@ -633,6 +643,12 @@ class ThunderheadClient:
             reason = f"{reason} ({code})" if code else reason
             error = exceptions.ThunderheadTransient(reason, s.wait_500_s)
             raise self._failed(endpoint, "unauthorized", error, context, reply)
+        if status in (404, 405) and endpoint != "jobStatus":
+            # The API path (its version) is wrong for this tenant: OMS's problem,
+            # never a document's. Readiness says so; the work waits.
+            self.api_error = f"{reason}: check thunderhead.api_path"
+            error = exceptions.ThunderheadTransient(self.api_error, s.wait_500_s)
+            raise self._failed(endpoint, "misconfigured", error, context, reply)
         if 400 <= status < 500:
             said = _messages(_error_answer(reply.body))
             reason = f"{reason}: {_summary(said)}" if said else reason

@@ -4,7 +4,8 @@ Labels: ``endpoint`` is one of ``token``, ``submitBatch``, ``jobStatus``,
 ``findByReference``, ``generateDocument``; ``outcome`` is one of ``ok``,
 ``rejected``, ``unauthorized``, ``throttled`` (429/503), ``server_error``,
 ``timeout``, ``connection_error``, ``outcome_unknown``, ``invalid_answer``,
-``paused`` (refused locally while Thunderhead asked OMS to wait); ``reason`` is
+``paused`` (refused locally while Thunderhead asked OMS to wait), ``misconfigured``
+(404/405 on an API path: the path or its version is wrong for the tenant); ``reason`` is
 ``rate`` (token bucket) or ``pause`` (after a 429/503).
 """
 
@@ -72,5 +73,6 @@ RATE_LIMIT = _once(
 TOKEN_OK = _once(
     Gauge,
     "oms_thunderhead_token_ok",
-    "1 if the last OAuth2 token fetch succeeded, 0 if Thunderhead refused it (credentials).",
+    "1 if the last OAuth2 token fetch succeeded, 0 if Thunderhead refused it (credentials); "
+    "NaN before the first fetch.",
 )

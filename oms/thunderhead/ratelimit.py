@@ -1,9 +1,11 @@
 """One token bucket and one global pause, shared by every call of a Thunderhead client.
 
-The bucket holds up to ``burst`` tokens and refills at the current rate. A caller
-reserves the next token, possibly in the future, and sleeps until it is due, so
-callers are served in arrival order without polling, and in any window of T
-seconds at most ``burst + rate * T`` calls start.
+The bucket holds up to ``burst`` tokens and refills at the current rate. It is
+kept as a theoretical arrival time (GCRA, the virtual-scheduling form of a token
+bucket): a caller reserves the next slot, possibly in the future, and sleeps until
+it is due, so callers are served in arrival order without polling, slots never
+overlap when the rate changes, and in any window of T seconds at most
+``burst + rate * T`` calls start.
 
 A 429 or 503 pauses everything until its Retry-After has passed. Short pauses
 (at most ``max_wait_s``) are waited out; a caller facing a longer one gets
@@ -32,6 +34,8 @@ import anyio
 from oms import exceptions
 from oms.thunderhead import metrics
 
+_SLACK_S = 0.1
+_MIN_SAMPLE = 3.0  # calls a second, at least, to learn a ceiling from
 _HEADROOM = 0.9  # climb back to this share of what the tenant let through, less one
 # call (the burst token): in any second at most burst (1) + rate calls start, so
 # this keeps a whole call of margin for arrival jitter at the tenant's window.
@@ -68,7 +72,7 @@ class RateLimiter:
         self._rate = rate_per_s
         self._ceiling: float | None = None  # the sending rate a 429 refused
         self._ceiling_at = now
-        self._tokens = float(burst)  # negative: tokens already promised to waiting callers
+        self._tat = now  # the theoretical arrival time of the next call (GCRA)
         self._updated = now
         self._paused_until = now
         self._starts: collections.deque[float] = collections.deque()  # call start times
@@ -86,17 +90,30 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Stop every caller for ``seconds`` from now; never shortens a longer pause."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + seconds)
+        # Every slot already promised is void (its caller queues again after the
+        # pause), and the pause's end starts the schedule afresh.
+        self._tat = self._paused_until
+        while self._starts and self._starts[-1] > now:
+            self._starts.pop()
 
-    def throttled(self, seconds: float) -> None:
-        """Thunderhead answered 429: pause, and send slower afterwards."""
+    def throttled(self, seconds: float, *, sent_at: float | None = None) -> None:
+        """Thunderhead answered 429 to a call started at ``sent_at`` (default: now):
+        pause, and send slower afterwards."""
         now = self._clock()
         self._refill(now)
-        sent = float(sum(1 for t in self._starts if now - 1.0 < t <= now))
-        # What the tenant let through in that second: all but the call it refused.
-        self._ceiling, self._ceiling_at = max(1.0, sent - 1.0), now
-        self._rate = max(self._min_rate, min(self._rate, sent) * self._decrease)
-        self._tokens = min(self._tokens, 0.0)  # no burst when the pause ends
+        at = now if sent_at is None else min(now, sent_at)
+        # Starts are recorded when due; the refused call's own start may read a
+        # hair earlier than that (clocks, rounding), so the window's end is lenient.
+        sent = float(sum(1 for t in self._starts if at - 1.0 < t <= min(now, at + _SLACK_S)))
+        # What the tenant let through in the second before it refused this call.
+        allowed = sent - 1.0
+        if allowed >= _MIN_SAMPLE:
+            self._ceiling, self._ceiling_at = allowed, now
+        # else: too few calls to say where the limit is (light traffic, a limit
+        # shared with other clients): slow down, but set no ceiling from that.
+        self._rate = max(self._min_rate, min(self._rate, max(sent, 1.0)) * self._decrease)
         metrics.RATE_LIMIT.set(self._rate)
         self.pause(seconds)
 
@@ -107,15 +124,19 @@ class RateLimiter:
             raise exceptions.ThunderheadTransient("Thunderhead asked OMS to wait", left)
 
     def reserve(self) -> float:
-        """Take the next token; return how long until it is due (0: now)."""
+        """Take the next slot; return how long until it is due (0: now)."""
         now = self._clock()
-        self._refill(now)
-        self._tokens -= 1.0
-        delay = 0.0 if self._tokens >= 0 else -self._tokens / self._rate
-        self._starts.append(now + delay)
+        capacity = self._refill(now)
+        interval = 1.0 / self._rate
+        tat = max(self._tat, now)
+        due = max(now, tat - (capacity - 1.0) * interval)
+        if due - now < 1e-9:  # float dust is not a wait
+            due = now
+        self._tat = tat + interval
+        self._starts.append(due)
         while self._starts and self._starts[0] <= now - 1.0:
             self._starts.popleft()
-        return delay
+        return due - now
 
     async def acquire(self) -> None:
         """Wait for a pause to end (if short) and for a token; then the caller may send."""
@@ -133,7 +154,8 @@ class RateLimiter:
             # A 429/503 came in while this caller waited: its token is void (it
             # was for a moment that is now inside the pause); queue again.
 
-    def _refill(self, now: float) -> None:
+    def _refill(self, now: float) -> float:
+        """Climb the rate back towards its target; return the burst in force."""
         elapsed = max(0.0, now - self._updated)
         self._updated = now
         target, capacity = self._max_rate, self._burst
@@ -151,7 +173,7 @@ class RateLimiter:
             self._rate = target
         if self._rate != before:
             metrics.RATE_LIMIT.set(self._rate)
-        self._tokens = min(capacity, self._tokens + elapsed * self._rate)
+        return capacity
 
     async def _wait(self, reason: str, seconds: float) -> None:
         metrics.RATE_LIMIT_WAITS.labels(reason).inc()

@@ -1152,7 +1152,6 @@ async def test_connection_refused_on_submit_is_not_an_unknown_outcome(
     [
         {"exceptions": [exception("unknown template", 1002, 1)]},
         {"jobMessages": [message("I", "read"), message("E", "no config")]},
-        {"jobId": 48213, "jobMessages": [message("W", "careful"), message("E", "bad data")]},
         {
             "jobId": "",
             "exceptions": [exception("bad data", 1003, 2)],
@@ -1171,6 +1170,15 @@ async def test_business_failure_in_a_200_is_rejected_with_its_messages(
     assert caught.value.messages == body.get("exceptions", []) + body.get("jobMessages", [])
     failing = [m for m in caught.value.messages if m.get("msgType", "E") == "E"]
     assert failing[0].get("msg", failing[0].get("msgText")) in caught.value.reason
+
+
+async def test_a_job_id_wins_over_an_error_message(fake: FakeThunderhead) -> None:
+    # A job exists: refusing the answer would send its documents again. What went
+    # wrong inside it comes with the job's status.
+    body = {"jobId": 48213, "jobMessages": [message("W", "careful"), message("E", "bad data")]}
+    fake.script("submitBatch", status(fake, 200, body))
+    async with client_for(fake.url) as client:
+        assert await client.submit_batch(BATCH_CONFIG, "b", [transaction()]) == "48213"
 
 
 async def test_warnings_alone_are_not_a_business_failure(fake: FakeThunderhead) -> None:

@@ -366,3 +366,89 @@ async def test_thunderheads_words_reach_the_user(
         "SELECT payload FROM outbox WHERE event_type = 'oms.document.failed' LIMIT 1"
     )
     assert any(m.get("msg") for m in json.loads(event["payload"])["messages"])
+
+
+async def test_the_default_rate_fits_a_20_per_second_tenant_without_a_429(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post(
+        "/_sim/config", {"rate_limit_per_s": 20, "processing_s_per_document": 0}
+    )
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"batch_max_documents": 1, "submitters": 8},
+        # OMS's shipped defaults for the rate, whatever the test helpers set.
+        thunderhead_settings={"rate_limit_per_s": 15.0, "rate_limit_burst": 4},
+        monitoring=QUICK_POLLS,
+    ) as oms:
+        ids = await submit_all(oms, [document(f"T-{n}") for n in range(150)])
+        await wait_for_statuses(db, ids, FINAL, timeout_s=90)
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert await outcomes(db, ids) == {"COMPLETED": 150}
+    assert stats["rejected_429"] == 0, stats
+    assert stats["peak_rate_per_s"] >= 15  # it did run at the tenant's pace, not idle
+
+
+async def test_several_bad_transactions_never_fail_a_good_one_when_halving_runs_out(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    await thunderhead_server.post(
+        "/_sim/config", {"reject_marker": "POISON", "processing_s_per_document": 0.001}
+    )
+    bodies: list[dict[str, Any]] = [document(f"S-{n}") for n in range(20)]
+    for n in (2, 9, 15):
+        bodies[n] = document(f"S-{n}", data={"note": "POISON"})
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        # Two halvings only: the rest must go one by one, not fail together.
+        processing={"batch_max_documents": 20, "batch_max_age_s": 1.0, "split_max_extra_calls": 4},
+        monitoring=QUICK_POLLS,
+    ) as oms:
+        ids = await submit_all(oms, bodies)
+        await wait_for_statuses(db, ids, FINAL, timeout_s=60)
+    assert await outcomes(db, ids) == {"COMPLETED": 17, "FAILED:thunderhead_rejected": 3}
+    failed = await db.fetch(
+        "SELECT client_reference FROM documents WHERE status = 'FAILED' ORDER BY 1"
+    )
+    assert [r["client_reference"] for r in failed] == ["S-15", "S-2", "S-9"]
+    stats = await thunderhead_server.get("/_sim/stats")
+    assert stats["calls"]["submitBatch"] <= 1 + 4 + 20  # the halvings, then singles
+    assert stats["duplicate_submissions"] == 0
+
+
+async def test_a_wrong_api_path_makes_documents_wait_and_readiness_say_so(
+    database_dsn: str,
+    db: asyncpg.Connection,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
+) -> None:
+    async with oms_with(
+        database_dsn,
+        refdata_server,
+        thunderhead_server,
+        processing={"max_attempts": 1, "wait_backoff_max_s": 0.3},
+        thunderhead_settings={"api_path": "/one/oauth2/api/v11/job"},  # the tenant has v12
+    ) as oms:
+        ids = await submit_all(oms, [document(f"V-{n}") for n in range(3)])
+        async with aiohttp.ClientSession(oms.url) as http:
+
+            async def says_misconfigured() -> bool:
+                async with http.get("/readyz") as response:
+                    return "misconfigured" in (await response.text())
+
+            await wait_until(says_misconfigured, timeout_s=10, what="readiness naming the path")
+        await anyio.sleep(2.0)  # several rounds of waiting, with max_attempts 1
+        rows = await db.fetch("SELECT status, attempts FROM documents")
+    assert {r["status"] for r in rows} == {"PROCESSING"}
+    assert {r["attempts"] for r in rows} == {0}
+    assert len(ids) == 3

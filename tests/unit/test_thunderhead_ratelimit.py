@@ -299,7 +299,7 @@ async def test_the_ceiling_is_forgotten_after_its_ttl(aimd: RateLimiter, clock: 
 async def test_a_second_429_renews_the_ceiling(aimd: RateLimiter, clock: Clock) -> None:
     first = await throttle_after_eight_calls(aimd, clock)
     clock.now = first + 90
-    for _ in range(3):
+    for _ in range(6):  # about a second's worth at the lowered rate
         await aimd.acquire()
     aimd.throttled(1.0)
     second = clock.now
@@ -353,3 +353,30 @@ async def test_a_long_429_refuses_callers_at_once(aimd: RateLimiter, clock: Cloc
 def test_nonsense_aimd_settings_are_refused(overrides: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="decrease_factor"):
         RateLimiter(RATE, BURST, max_wait_s=1.0, **overrides)
+
+
+async def test_a_429_after_too_few_calls_sets_no_ceiling(aimd: RateLimiter, clock: Clock) -> None:
+    # Two calls in the last second say nothing about where the limit is (the
+    # tenant's limit may be shared): slow down, then climb all the way back.
+    await aimd.acquire()
+    await aimd.acquire()
+    aimd.throttled(1.0)
+    assert aimd.rate_per_s == pytest.approx(0.5 * 2)
+    clock.now += RECOVERY_S + 1
+    assert aimd.rate_per_s == RATE
+
+
+async def test_a_429_counts_the_calls_before_the_refused_one_was_sent(
+    aimd: RateLimiter, clock: Clock
+) -> None:
+    sent_at = await throttle_after_eight_calls_unanswered(aimd, clock)
+    clock.now += 1.5  # the 429 arrives late: none of the 8 is in the last second now
+    aimd.throttled(1.0, sent_at=sent_at)
+    clock.now += RECOVERY_S + 5
+    assert aimd.rate_per_s == pytest.approx(0.9 * 7 - 1)  # the ceiling was still learnt
+
+
+async def throttle_after_eight_calls_unanswered(limiter: RateLimiter, clock: Clock) -> float:
+    for _ in range(8):
+        await limiter.acquire()
+    return clock.now

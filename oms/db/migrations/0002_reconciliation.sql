@@ -8,12 +8,14 @@ ALTER TABLE documents ADD COLUMN waits integer NOT NULL DEFAULT 0;
 -- round per batch decides for all its documents (adopt the job, or send again).
 ALTER TABLE thunderhead_batches
     ADD COLUMN reconcile_rounds  integer NOT NULL DEFAULT 0,
+    ADD COLUMN unknown_since     timestamptz,   -- when its send was over, answer unknown
     ADD COLUMN next_reconcile_at timestamptz,
     ADD COLUMN reconcile_owner   text,
     ADD COLUMN reconcile_until   timestamptz,
     ADD COLUMN last_error        text;
 
-UPDATE thunderhead_batches SET status = 'RECONCILING', next_reconcile_at = now()
+UPDATE thunderhead_batches
+SET status = 'RECONCILING', next_reconcile_at = now(), unknown_since = now(), finished_at = NULL
 WHERE status = 'UNKNOWN' AND job_id IS NULL;
 
 CREATE INDEX thunderhead_batches_to_reconcile ON thunderhead_batches (next_reconcile_at)
