@@ -69,7 +69,7 @@ class ProcessingSettings(_Section):
     actors: int = 8
     mailbox_capacity: int = 10_000
     lease_s: float = 120.0
-    max_attempts: int = 5
+    max_attempts: int = 10
     backoff_base_s: float = 2.0
     backoff_max_s: float = 900.0
     batch_max_documents: int = 100

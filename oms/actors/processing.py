@@ -209,6 +209,19 @@ class ProcessingStage:
     # --- the batcher's submitter -------------------------------------------------------------
 
     async def submit(self, batch_config_res_id: str, batch: list[Pending]) -> None:
+        paused = self._thunderhead.paused_for()
+        if paused > 0:
+            # Thunderhead asked OMS to wait longer than a call waits: no batch row
+            # for a send the client would refuse anyway; the documents wait.
+            await self._retry(
+                [p.event for p in batch],
+                [p.document for p in batch],
+                "thunderhead_unavailable",
+                "Thunderhead asked OMS to wait (429/503)",
+                paused,
+                charge=False,
+            )
+            return
         budget = _SplitBudget(self._settings.split_max_extra_calls)
         await self._send(int(batch_config_res_id), batch, budget)
 

@@ -264,6 +264,12 @@ class ThunderheadClient:
         if stack is not None:
             await stack.aclose()
 
+    def paused_for(self) -> float:
+        """Seconds left of a pause Thunderhead asked for (429/503) that a call would not
+        wait out; 0 when calls may go."""
+        left = self._limiter.paused_for()
+        return left if left > self._settings.timeout_s else 0.0
+
     @property
     def rate_per_s(self) -> float:
         """The call rate in force now (it drops after a 429, then climbs back)."""
