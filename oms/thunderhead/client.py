@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import email.utils
 import io
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote, quote_plus
@@ -48,18 +45,29 @@ from yarl import URL
 from oms import exceptions
 from oms.config import ThunderheadSettings
 from oms.thunderhead import metrics
+from oms.thunderhead.answers import (
+    ENCODE,
+    GENERATE,
+    JOBS,
+    MAX_BODY_BYTES,
+    SUBMIT,
+    TOKEN,
+    Answer,
+    error_answer,
+    job_decoder,
+    messages_of,
+    retry_after,
+    strip_prefix,
+    summary,
+)
 from oms.thunderhead.ratelimit import RateLimiter
 from oms.thunderhead.token import Grant, TokenCache
 from oms.thunderhead.types import (
-    Envelope,
     GeneratedDocument,
-    JobException,
-    JobMessage,
     JobRef,
     JobStatus,
     Transaction,
     TransactionStatus,
-    messages,
 )
 
 log = logging.getLogger("oms.thunderhead")
@@ -67,111 +75,12 @@ log = logging.getLogger("oms.thunderhead")
 T = TypeVar("T")
 E = TypeVar("E", bound=exceptions.ThunderheadError)
 
-_JSON_PREFIX = b"while(1);"
-_MAX_BODY_BYTES = 16 * 1024 * 1024
-_MAX_RETRY_AFTER_S = 86_400.0
-
-
-class _TokenAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    access_token: str
-    token_type: str = "bearer"
-    expires_in: float = 1800.0  # optional in RFC 6749 5.1; Nuxeo assumes 1800 s [docs: S4]
-
-
-class _Answer(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """An answer that may carry a business failure even with status 200."""
-
-    exceptions: tuple[JobException, ...] = ()
-    job_messages: tuple[JobMessage, ...] = ()
-
-    def failed(self) -> bool:
-        return bool(self.exceptions) or any(m.msg_type == "E" for m in self.job_messages)
-
-    def usable(self) -> bool:
-        return True
-
-
-class _SubmitAnswer(_Answer, frozen=True, kw_only=True):
-    job_id: int | str | None = None  # a number on the wire; a string is accepted
-
-    def failed(self) -> bool:
-        # A job id means a job exists, whatever else the answer says: refusing it
-        # would send its documents again. Its transactions' verdicts come by polling.
-        return super().failed() and not self.usable()
-
-    def usable(self) -> bool:
-        return self.job_id is not None and str(self.job_id).strip() != ""
-
-
-class _GenerateAnswer(_Answer, frozen=True, kw_only=True):
-    envelopes: tuple[Envelope, ...] = ()
-    number_transactions: int = 0
-
-    def usable(self) -> bool:
-        return bool(self.envelopes)
-
-
-class _WireJobRef(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    job_id: int | str
-    batch_name: str = ""
-    status: str = ""
-
-
-class _JobsAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    jobs: tuple[_WireJobRef, ...]  # required: a missing list must not read as "never submitted"
-
-
-class _ErrorAnswer(_Answer, frozen=True, kw_only=True):
-    error: str = ""  # OAuth2's error code (invalid_client, invalid_token)
-    id: int | str | None = None  # a 403's {id, msg} [docs: S3]
-    msg: str = ""
-
-
-def _job_decoder(correlation_field: str) -> msgspec.json.Decoder[Any]:
-    """A decoder of job status answers whose transactions name the reference
-    ``correlation_field`` (the tenant's data model chooses it)."""
-    transaction = msgspec.defstruct(
-        "WireTransactionStatus",
-        [
-            ("correlation_reference", str, ""),
-            ("status", str, ""),
-            ("envelopes", tuple[Envelope, ...], ()),
-            ("exceptions", tuple[JobException, ...], ()),
-            ("job_messages", tuple[JobMessage, ...], ()),
-        ],
-        rename={"correlation_reference": correlation_field, "job_messages": "jobMessages"},
-        kw_only=True,
-        frozen=True,
-    )
-    job = msgspec.defstruct(
-        "WireJobStatus",
-        [
-            ("job_id", int | str),
-            ("status", str),
-            ("batch_name", str, ""),
-            ("transactions", tuple[transaction, ...], ()),  # type: ignore[valid-type]
-            ("job_messages", tuple[JobMessage, ...], ()),
-        ],
-        rename="camel",
-        kw_only=True,
-        frozen=True,
-    )
-    return msgspec.json.Decoder(job)
-
-
-_ENCODE = msgspec.json.Encoder().encode
-_TOKEN = msgspec.json.Decoder(_TokenAnswer)
-_SUBMIT = msgspec.json.Decoder(_SubmitAnswer)
-_GENERATE = msgspec.json.Decoder(_GenerateAnswer)
-_JOBS = msgspec.json.Decoder(_JobsAnswer)
-_ERROR = msgspec.json.Decoder(_ErrorAnswer)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
     retry_after: str | None
-    body: bytes | None  # None: larger than _MAX_BODY_BYTES
+    body: bytes | None  # None: larger than MAX_BODY_BYTES
     latency_s: float
 
 
@@ -209,7 +118,7 @@ class ThunderheadClient:
         credentials = f"{quote_plus(settings.client_id)}:{quote_plus(settings.client_secret)}"
         self._basic_auth = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
         self._correlation_field = settings.correlation_field
-        self._job = _job_decoder(settings.correlation_field)
+        self._job = job_decoder(settings.correlation_field)
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         # A connect timeout proves nothing was sent, so it is a plain Transient.
         self._submit_timeout = aiohttp.ClientTimeout(
@@ -288,7 +197,7 @@ class ThunderheadClient:
         if self._settings.project_id:
             request["projectId"] = self._settings.project_id
         context = {"batch_name": batch_name, "transactions": len(transactions)}
-        answer = await self._post("submitBatch", _ENCODE(request), _SUBMIT, context)
+        answer = await self._post("submitBatch", ENCODE(request), SUBMIT, context)
         job_id = str(answer.job_id).strip()
         log.info(
             "Thunderhead accepted batch %s as job %s",
@@ -300,7 +209,7 @@ class ThunderheadClient:
 
     def encode_transactions(self, transactions: list[Transaction]) -> str:
         """``transactionData``: Base64 of the JSON array, the reference under its field."""
-        return base64.b64encode(_ENCODE([self._wire_transaction(t) for t in transactions])).decode(
+        return base64.b64encode(ENCODE([self._wire_transaction(t) for t in transactions])).decode(
             "ascii"
         )
 
@@ -344,7 +253,7 @@ class ThunderheadClient:
             "findByReference",
             "GET",
             self._api_url,
-            _JOBS,
+            JOBS,
             unsafe=False,
             context={"document_id": reference},
             params={"reference": reference},
@@ -370,9 +279,9 @@ class ThunderheadClient:
         """
         request: dict[str, Any] = {
             "batchConfigResId": batch_config_res_id,
-            "transactionData": base64.b64encode(
-                _ENCODE(self._wire_transaction(transaction))
-            ).decode("ascii"),
+            "transactionData": base64.b64encode(ENCODE(self._wire_transaction(transaction))).decode(
+                "ascii"
+            ),
             "transactionDataType": "application/json",
             "transactionRange": 1,
             "properties": [{"name": k, "value": v} for k, v in (properties or {}).items()],
@@ -383,8 +292,8 @@ class ThunderheadClient:
         flag = "true" if include_document_data else "false"
         answer = await self._post(
             "generateDocument",
-            _ENCODE(request),
-            _GENERATE,
+            ENCODE(request),
+            GENERATE,
             context,
             params={"includeDocumentData": flag},
         )
@@ -474,14 +383,14 @@ class ThunderheadClient:
             token = await tokens.refresh(token)
         self._check_status(endpoint, reply, unsafe, context)
         answer = self._decode(endpoint, reply, decoder, unsafe, context)
-        if isinstance(answer, _Answer):
+        if isinstance(answer, Answer):
             if answer.failed():
-                said = _messages(answer)
+                said = messages_of(answer)
                 raise self._failed(
                     endpoint,
                     "rejected",
                     exceptions.ThunderheadRejected(
-                        f"{endpoint} failed: {_summary(said)}",
+                        f"{endpoint} failed: {summary(said)}",
                         said,
                         reply.status,
                     ),
@@ -527,7 +436,7 @@ class ThunderheadClient:
                 self.credentials_error = exc.reason
                 metrics.TOKEN_OK.set(0)
             raise
-        answer = self._decode("token", reply, _TOKEN, False, {})
+        answer = self._decode("token", reply, TOKEN, False, {})
         if not answer.access_token:
             raise self._failed(
                 "token", "invalid_answer", self._unusable("token answered no token", False), {}
@@ -628,7 +537,7 @@ class ThunderheadClient:
         reason = f"{endpoint} answered {status}"
         if status in (429, 503):
             default = s.wait_429_s if status == 429 else s.wait_503_s
-            wait = _retry_after(reply.retry_after, default)
+            wait = retry_after(reply.retry_after, default)
             if status == 429:
                 # The tenant's limit is below our rate.
                 self._limiter.throttled(wait, sent_at=self._clock() - reply.latency_s)
@@ -645,7 +554,7 @@ class ThunderheadClient:
             error = exceptions.ThunderheadTransient(reason, s.wait_500_s, attempt=attempt)
             raise self._failed(endpoint, "server_error", error, context, reply)
         if status == 401 or (endpoint == "token" and 400 <= status < 500):
-            code = _error_answer(reply.body).error
+            code = error_answer(reply.body).error
             reason = f"{reason} ({code})" if code else reason
             error = exceptions.ThunderheadTransient(reason, s.wait_500_s)
             raise self._failed(endpoint, "unauthorized", error, context, reply)
@@ -656,8 +565,8 @@ class ThunderheadClient:
             error = exceptions.ThunderheadTransient(self.api_error, s.wait_500_s)
             raise self._failed(endpoint, "misconfigured", error, context, reply)
         if 400 <= status < 500:
-            said = _messages(_error_answer(reply.body))
-            reason = f"{reason}: {_summary(said)}" if said else reason
+            said = messages_of(error_answer(reply.body))
+            reason = f"{reason}: {summary(said)}" if said else reason
             error = exceptions.ThunderheadRejected(reason, said, status)
             raise self._failed(endpoint, "rejected", error, context, reply)
         # 1xx/3xx: not Thunderhead's protocol (a proxy, a wrong base URL).
@@ -674,8 +583,8 @@ class ThunderheadClient:
     ) -> T:
         try:
             if reply.body is None:
-                raise msgspec.DecodeError(f"body over {_MAX_BODY_BYTES} bytes")
-            return decoder.decode(_strip(reply.body))
+                raise msgspec.DecodeError(f"body over {MAX_BODY_BYTES} bytes")
+            return decoder.decode(strip_prefix(reply.body))
         except msgspec.DecodeError as exc:
             error = self._unusable(f"{endpoint} answered {reply.status} with {exc}", unsafe)
             raise self._failed(endpoint, "invalid_answer", error, context, reply) from exc
@@ -713,60 +622,12 @@ def _segment(value: str) -> str:
     return quote(value, safe="").replace(".", "%2E")
 
 
-def _strip(body: bytes) -> bytes:
-    return body.lstrip().removeprefix(_JSON_PREFIX)
-
-
-def _error_answer(body: bytes | None) -> _ErrorAnswer:
-    try:
-        return _ERROR.decode(_strip(body or b""))
-    except msgspec.DecodeError:
-        return _ErrorAnswer()
-
-
-def _messages(answer: _Answer) -> list[dict[str, object]]:
-    """Every exception, then every job message, as Thunderhead wrote them."""
-    said: list[dict[str, object]] = messages(answer.exceptions, answer.job_messages)
-    if isinstance(answer, _ErrorAnswer) and answer.msg:
-        said.append({"id": answer.id, "msg": answer.msg})
-    return said
-
-
-def _summary(said: list[dict[str, object]]) -> str:
-    """The texts of Thunderhead's messages, for a log line or a document's error."""
-    texts = [str(m.get("msg") or m.get("msgText") or "") for m in said]
-    texts = [t for t in texts if t]
-    if not texts:
-        return f"{len(said)} message(s)"
-    more = f" (+{len(texts) - 3} more)" if len(texts) > 3 else ""
-    return "; ".join(texts[:3]) + more
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    """Seconds from a Retry-After header (seconds or an HTTP date), else ``default``."""
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return default
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return default
-    return min(max(0.0, seconds), _MAX_RETRY_AFTER_S)
-
-
 async def _read_body(response: aiohttp.ClientResponse) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(65_536):
         size += len(chunk)
-        if size > _MAX_BODY_BYTES:
+        if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
