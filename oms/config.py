@@ -83,7 +83,7 @@ class ProcessingSettings(_Section):
     deadline_s: float = 86_400.0
     wait_backoff_max_s: float = 60.0
     in_flight_window_s: float = 120.0
-    reconcile_deadline_s: float = 3_600.0
+    reconcile_deadline_s: float = 21_600.0
     reconcile_interval_s: float = 1.0
     reconcilers: int = 2
     split_max_extra_calls: int = 32

@@ -144,10 +144,15 @@ class ProcessingStage:
     async def _process(self, event: domain.DocumentRequested, document: store.Claimed) -> None:
         if document.unresolved_batch is not None:
             # Its batch was being sent when a process stopped: Thunderhead may have it.
-            await self._park(
+            parked = await self._park(
                 document.unresolved_batch,
                 "found unresolved after a lease expired (a process stopped while sending)",
             )
+            if not parked:
+                # Its sender settled the batch meanwhile: the document is free to go
+                # (its batch no longer holds it), so it is due again now.
+                async with self._db.acquire() as conn:
+                    await store.release(conn, document.id, document.lease, _now())
             return
         if _now() >= document.created_at + self._deadline:
             last = f"; last: {document.last_reason}" if document.last_reason else ""
@@ -295,10 +300,6 @@ class ProcessingStage:
             return
         cause = "too_large" if exc.status == 413 else "rejected"
         metrics.BATCH_SPLITS.labels(cause).inc()
-        async with self._db.acquire() as conn:  # the parts go one after the other
-            await store.extend_leases(
-                conn, {p.document.id: p.document.lease for p in batch}, _now() + self._lease
-            )
         if budget.calls >= 2:
             budget.calls -= 2
             logger.info(
@@ -315,7 +316,13 @@ class ProcessingStage:
                 extra={"batch_id": str(batch_id), "count": len(batch), "reason": exc.reason},
             )
             parts = [[p] for p in batch]
-        for part in parts:
+        for n, part in enumerate(parts):
+            # The parts go one after the other: keep every part still to go claimed.
+            waiting = [p for later in parts[n:] for p in later]
+            async with self._db.acquire() as conn:
+                await store.extend_leases(
+                    conn, {p.document.id: p.document.lease for p in waiting}, _now() + self._lease
+                )
             await self._send(batch_config_res_id, part, budget)
 
     # --- settling outcomes --------------------------------------------------------------------
@@ -327,13 +334,17 @@ class ProcessingStage:
         )
         await self._park(batch_id, reason)
 
-    async def _park(self, batch_id: uuid.UUID, reason: str) -> None:
-        """Hand a batch whose fate is unknown to reconciliation; no attempt is used."""
+    async def _park(self, batch_id: uuid.UUID, reason: str) -> int:
+        """Hand a batch whose fate is unknown to reconciliation; no attempt is used.
+
+        Returns how many documents were parked (0: the batch was settled meanwhile).
+        """
         error = domain.DocumentError(reason="thunderhead_outcome_unknown", detail=reason)
         async with self._db.acquire() as conn:
             parked = await store.park_for_reconciliation(conn, batch_id, error, _now(), _now())
         metrics.PROCESSING_OUTCOMES.labels("reconciling").inc(parked)
         self._reconcile_soon()
+        return parked
 
     async def _submitted(
         self,

@@ -11,9 +11,9 @@ documents proves the batch's fate), for the job whose ``batchName`` is the batch
   send can still land) → its documents are sent again, without using an attempt;
 - not found yet, or Thunderhead cannot answer → asked again later, the round
   counted and its reason kept on the batch row;
-- Thunderhead unable to answer for ``reconcile_deadline_s`` (and at least three
-  rounds) → the documents FAIL ``reconciliation_deadline_exceeded`` (sending
-  again could generate them twice).
+- Thunderhead not answering for ``reconcile_deadline_s`` (from its first
+  unanswered round, and at least three rounds) → the documents FAIL
+  ``reconciliation_deadline_exceeded`` (sending again could generate them twice).
 
 Due batches are read from the database every ``reconcile_interval_s`` (or at once
 when poked), so this works the same in both pipeline modes and across processes.
@@ -116,7 +116,7 @@ class Reconciler:
             retry_after = (
                 exc.retry_after_s if isinstance(exc, exceptions.ThunderheadTransient) else 0
             )
-            await self._undecided(batch, age_s, str(exc), retry_after)
+            await self._undecided(batch, str(exc), retry_after)
             return
         job = _the_batch_job(jobs, str(batch.batch_id))
         if job is not None:
@@ -151,15 +151,24 @@ class Reconciler:
         )
         async with self._db.acquire() as conn:
             await store.again_at(
-                conn, batch.batch_id, self._owner, when, "not found yet; a send may be in flight"
+                conn,
+                batch.batch_id,
+                self._owner,
+                when,
+                "not found yet; a send may be in flight",
+                answered=True,
+                now=now,
             )
         metrics.RECONCILIATIONS.labels("pending").inc()
 
-    async def _undecided(
-        self, batch: store.Reconciling, age_s: float, reason: str, retry_after_s: float
-    ) -> None:
-        """Thunderhead could not answer: again later, or FAILED past the deadline."""
-        if age_s >= self._settings.reconcile_deadline_s and batch.rounds + 1 >= _MIN_ROUNDS:
+    async def _undecided(self, batch: store.Reconciling, reason: str, retry_after_s: float) -> None:
+        """Thunderhead could not answer: again later, or FAILED once it has not answered
+        for ``reconcile_deadline_s`` (counted from its first unanswered round, so
+        OMS's own downtime is not held against the batch) and at least three rounds."""
+        now = _now()
+        since = batch.unanswered_since or now
+        silent_s = (now - since).total_seconds()
+        if silent_s >= self._settings.reconcile_deadline_s and batch.rounds + 1 >= _MIN_ROUNDS:
             error = domain.DocumentError(
                 reason="reconciliation_deadline_exceeded",
                 detail=(
@@ -178,9 +187,11 @@ class Reconciler:
                 extra={"batch_id": str(batch.batch_id), "count": len(failed)},
             )
             return
-        when = _now() + timedelta(seconds=max(retry_after_s, self._delay(batch.rounds)))
+        when = now + timedelta(seconds=max(retry_after_s, self._delay(batch.rounds)))
         async with self._db.acquire() as conn:
-            await store.again_at(conn, batch.batch_id, self._owner, when, reason)
+            await store.again_at(
+                conn, batch.batch_id, self._owner, when, reason, answered=False, now=now
+            )
         metrics.RECONCILIATIONS.labels("unanswered").inc()
 
     def _delay(self, rounds: int) -> float:

@@ -225,13 +225,17 @@ async def mark_submitted(
             now,
         )
         if taken.endswith(" 0"):
-            # Given up on already (another process decided it): its documents moved
-            # on. Thunderhead has them in this job too, which must be said loudly.
-            logger.error(
-                "Thunderhead accepted a batch OMS had already given up on",
-                extra={"batch_id": str(batch_id), "job_id": job_id, "count": len(document_ids)},
+            known = await conn.fetchval(
+                "SELECT job_id FROM thunderhead_batches WHERE id = $1", batch_id
             )
-            return []
+            if known != job_id:
+                # Given up on already (another process decided it): its documents
+                # moved on. Thunderhead has them in this job too: say so loudly.
+                logger.error(
+                    "Thunderhead accepted a batch OMS had already given up on",
+                    extra={"batch_id": str(batch_id), "job_id": job_id},
+                )
+            return []  # else: reconciliation adopted this very job already
         rows = await conn.fetch(
             """UPDATE documents SET status = 'SUBMITTED', thunderhead_job_id = $1,
                    lease_owner = NULL, lease_expires_at = NULL,

@@ -30,6 +30,8 @@ class Reconciling(msgspec.Struct, frozen=True):
     unknown_since: datetime
     """When its send was over (answered by a timeout, or its process gone)."""
     rounds: int
+    unanswered_since: datetime | None
+    """Since when Thunderhead has not answered this batch's find (None: it answers)."""
     reference: uuid.UUID | None  # None: no document waits on it any more
 
 
@@ -47,7 +49,7 @@ async def take_due(
                           LIMIT $4
                           FOR UPDATE SKIP LOCKED)
            RETURNING b.id, coalesce(b.unknown_since, b.created_at) AS unknown_since,
-                     b.reconcile_rounds,
+                     b.reconcile_rounds, b.unanswered_since,
                      (SELECT d.id FROM documents d
                       WHERE d.batch_id = b.id AND d.status = 'PROCESSING'
                       ORDER BY d.id LIMIT 1) AS reference""",
@@ -57,24 +59,44 @@ async def take_due(
         limit,
     )
     return [
-        Reconciling(r["id"], r["unknown_since"], r["reconcile_rounds"], r["reference"])
+        Reconciling(
+            r["id"],
+            r["unknown_since"],
+            r["reconcile_rounds"],
+            r["unanswered_since"],
+            r["reference"],
+        )
         for r in rows
     ]
 
 
 async def again_at(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, owner: str, when: datetime, error: str
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    owner: str,
+    when: datetime,
+    error: str,
+    *,
+    answered: bool,
+    now: datetime,
 ) -> None:
-    """No decision yet: ask again at ``when``; the round is counted and shown."""
+    """No decision yet: ask again at ``when``; the round is counted and shown.
+
+    ``answered``: Thunderhead answered the find (not found yet), which ends any
+    stretch of it not answering; otherwise that stretch starts now if it had not.
+    """
     await conn.execute(
         """UPDATE thunderhead_batches
            SET reconcile_rounds = reconcile_rounds + 1, next_reconcile_at = $3,
-               last_error = $4, reconcile_owner = NULL, reconcile_until = NULL
+               last_error = $4, reconcile_owner = NULL, reconcile_until = NULL,
+               unanswered_since = CASE WHEN $5 THEN NULL ELSE coalesce(unanswered_since, $6) END
            WHERE id = $1 AND status = 'RECONCILING' AND reconcile_owner = $2""",
         batch_id,
         owner,
         when,
         error,
+        answered,
+        now,
     )
 
 

@@ -137,8 +137,7 @@ class ThunderheadClient:
         )
         self.credentials_error: str | None = None
         """Why the token endpoint last refused OMS (None: it did not); for readiness."""
-        self.api_error: str | None = None
-        """Why the last API call found no such path (None: fine since); for readiness."""
+        self._api_errors: dict[str, str] = {}  # endpoint → why its path was not found
         metrics.TOKEN_OK.set(float("nan"))  # unknown until the first fetch
         self._stack: AsyncExitStack | None = None
         self._state: _Open | None = None
@@ -172,6 +171,12 @@ class ThunderheadClient:
         stack, self._stack, self._state = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+
+    @property
+    def api_error(self) -> str | None:
+        """Why an API path was last not found (None: every endpoint fine since); for
+        readiness. Kept per endpoint, so one working endpoint does not hide another."""
+        return next(iter(self._api_errors.values()), None)
 
     def paused_for(self) -> float:
         """Seconds left of a pause Thunderhead asked for (429/503) that a call would not
@@ -405,7 +410,7 @@ class ThunderheadClient:
                     context,
                     reply,
                 )
-        self.api_error = None
+        self._api_errors.pop(endpoint, None)
         metrics.CALLS.labels(endpoint, "ok").inc()
         return answer
 
@@ -561,8 +566,8 @@ class ThunderheadClient:
         if status in (404, 405) and endpoint != "jobStatus":
             # The API path (its version) is wrong for this tenant: OMS's problem,
             # never a document's. Readiness says so; the work waits.
-            self.api_error = f"{reason}: check thunderhead.api_path"
-            error = exceptions.ThunderheadTransient(self.api_error, s.wait_500_s)
+            problem = self._api_errors[endpoint] = f"{reason}: check thunderhead.api_path"
+            error = exceptions.ThunderheadTransient(problem, s.wait_500_s)
             raise self._failed(endpoint, "misconfigured", error, context, reply)
         if 400 <= status < 500:
             said = messages_of(error_answer(reply.body))

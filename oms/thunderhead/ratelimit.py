@@ -35,6 +35,7 @@ from oms import exceptions
 from oms.thunderhead import metrics
 
 _SLACK_S = 0.1
+_KEEP_STARTS_S = 120.0  # as long as a call may take (a submit's timeout), and more
 _MIN_SAMPLE = 3.0  # calls a second, at least, to learn a ceiling from
 _HEADROOM = 0.9  # climb back to this share of what the tenant let through, less one
 # call (the burst token): in any second at most burst (1) + rate calls start, so
@@ -73,6 +74,8 @@ class RateLimiter:
         self._ceiling: float | None = None  # the sending rate a 429 refused
         self._ceiling_at = now
         self._tat = now  # the theoretical arrival time of the next call (GCRA)
+        self._epoch = 0  # bumped by every pause: slots promised before it are void
+        self._decreased_at = float("-inf")
         self._updated = now
         self._paused_until = now
         self._starts: collections.deque[float] = collections.deque()  # call start times
@@ -92,11 +95,10 @@ class RateLimiter:
         """Stop every caller for ``seconds`` from now; never shortens a longer pause."""
         now = self._clock()
         self._paused_until = max(self._paused_until, now + seconds)
-        # Every slot already promised is void (its caller queues again after the
-        # pause), and the pause's end starts the schedule afresh.
+        # Every slot already promised is void: its caller sees the epoch change and
+        # queues again, so the schedule can start afresh at the pause's end.
+        self._epoch += 1
         self._tat = self._paused_until
-        while self._starts and self._starts[-1] > now:
-            self._starts.pop()
 
     def throttled(self, seconds: float, *, sent_at: float | None = None) -> None:
         """Thunderhead answered 429 to a call started at ``sent_at`` (default: now):
@@ -104,9 +106,13 @@ class RateLimiter:
         now = self._clock()
         self._refill(now)
         at = now if sent_at is None else min(now, sent_at)
-        # Starts are recorded when due; the refused call's own start may read a
-        # hair earlier than that (clocks, rounding), so the window's end is lenient.
-        sent = float(sum(1 for t in self._starts if at - 1.0 < t <= min(now, at + _SLACK_S)))
+        if at <= self._decreased_at:
+            # Sent before the last slow-down, at the old rate: already answered for.
+            self.pause(seconds)
+            return
+        # The calls started in the second before the refused one (the window's end
+        # is lenient: its own start may read a hair before it was recorded).
+        sent = float(sum(1 for t in self._starts if at - 1.0 < t <= at + _SLACK_S))
         # What the tenant let through in the second before it refused this call.
         allowed = sent - 1.0
         if allowed >= _MIN_SAMPLE:
@@ -114,6 +120,7 @@ class RateLimiter:
         # else: too few calls to say where the limit is (light traffic, a limit
         # shared with other clients): slow down, but set no ceiling from that.
         self._rate = max(self._min_rate, min(self._rate, max(sent, 1.0)) * self._decrease)
+        self._decreased_at = now
         metrics.RATE_LIMIT.set(self._rate)
         self.pause(seconds)
 
@@ -133,9 +140,6 @@ class RateLimiter:
         if due - now < 1e-9:  # float dust is not a wait
             due = now
         self._tat = tat + interval
-        self._starts.append(due)
-        while self._starts and self._starts[0] <= now - 1.0:
-            self._starts.popleft()
         return due - now
 
     async def acquire(self) -> None:
@@ -146,13 +150,21 @@ class RateLimiter:
             if left > 0:
                 await self._wait("pause", left)
                 continue
+            epoch = self._epoch
             delay = self.reserve()
             if delay > 0:
                 await self._wait("rate", delay)
-            if self.paused_for() == 0:
+            if self._epoch == epoch and self.paused_for() == 0:
+                self._started(self._clock())
                 return
-            # A 429/503 came in while this caller waited: its token is void (it
-            # was for a moment that is now inside the pause); queue again.
+            # A 429/503 came in while this caller waited: its slot is void (the
+            # schedule restarts at the pause's end); queue again.
+
+    def _started(self, at: float) -> None:
+        """Remember a call's start, long enough for a slow answer's 429 to count it."""
+        self._starts.append(at)
+        while self._starts and self._starts[0] <= at - _KEEP_STARTS_S:
+            self._starts.popleft()
 
     def _refill(self, now: float) -> float:
         """Climb the rate back towards its target; return the burst in force."""

@@ -185,7 +185,7 @@ async def _no_batch_fails_on_its_first_unanswered_question(
     now = datetime.now(UTC)
     batch_id = await start_sending(db, ids, "A", now)
     error = domain.DocumentError("thunderhead_outcome_unknown", "process gone")
-    # Parked after a long outage: already past the reconciliation deadline.
+    # Parked, then OMS was down for five hours: that is OMS's time, not Thunderhead's.
     await store.park_for_reconciliation(db, batch_id, error, now, now)
     await db.execute(
         "UPDATE thunderhead_batches SET unknown_since = $2 WHERE id = $1",
@@ -197,19 +197,28 @@ async def _no_batch_fails_on_its_first_unanswered_question(
         {"inject": [{"status": 500, "count": 100, "endpoint": "findByReference"}]},
     )
     stage, _ = reconciler(pool, thunderhead, reconcile_deadline_s=3600.0, backoff_base_s=0.0)
-    for rounds in (1, 2):
+
+    async def one_round() -> str:
         await db.execute(
             "UPDATE thunderhead_batches SET next_reconcile_at = now() WHERE id = $1", batch_id
         )
         assert await stage.reconcile_due() == 1
-        status = await db.fetchval("SELECT status FROM documents WHERE id = $1", ids[0])
-        assert status == "PROCESSING", f"failed after {rounds} unanswered round(s)"
-    await db.execute(
-        "UPDATE thunderhead_batches SET next_reconcile_at = now() WHERE id = $1", batch_id
+        return await db.fetchval("SELECT status FROM documents WHERE id = $1", ids[0])
+
+    assert await one_round() == "PROCESSING"  # the first unanswered round starts the clock
+    silent_since = await db.fetchval(
+        "SELECT unanswered_since FROM thunderhead_batches WHERE id = $1", batch_id
     )
-    assert await stage.reconcile_due() == 1
-    row = await db.fetchrow("SELECT status, last_error FROM documents WHERE id = $1", ids[0])
-    assert row["status"] == "FAILED"
+    assert silent_since >= now
+    # Thunderhead then stays silent past the deadline...
+    await db.execute(
+        "UPDATE thunderhead_batches SET unanswered_since = $2 WHERE id = $1",
+        batch_id,
+        now - timedelta(hours=2),
+    )
+    assert await one_round() == "PROCESSING"  # ...but two rounds are not enough to judge
+    assert await one_round() == "FAILED"
+    row = await db.fetchrow("SELECT last_error FROM documents WHERE id = $1", ids[0])
     assert row["last_error"]["reason"] == "reconciliation_deadline_exceeded"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from prometheus_client import REGISTRY
 
@@ -380,3 +381,44 @@ async def throttle_after_eight_calls_unanswered(limiter: RateLimiter, clock: Clo
     for _ in range(8):
         await limiter.acquire()
     return clock.now
+
+
+async def test_a_pause_never_lets_old_and_new_slots_overlap() -> None:
+    # Real time, small numbers: 8 callers queue for slots at 10/s; a short pause
+    # comes in while slots past its end are already promised. Those are void: the
+    # schedule restarts at the pause's end, so no second ever holds more than
+    # burst + rate calls (old and new slots on top of each other would).
+    limiter = RateLimiter(10.0, 1, max_wait_s=5.0)
+    starts: list[float] = []
+
+    async def caller() -> None:
+        for _ in range(4):
+            await limiter.acquire()
+            starts.append(anyio.current_time())
+
+    async def pause_soon() -> None:
+        await anyio.sleep(1.0)
+        limiter.pause(0.3)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(caller)
+        tg.start_soon(pause_soon)
+    starts.sort()
+    assert len(starts) == 32
+    busiest = max(sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts))
+    assert busiest <= 1 + 10 + 1  # burst + rate, and one for the clock's grain
+
+
+async def test_429s_to_calls_sent_before_a_slow_down_slow_it_down_once(
+    aimd: RateLimiter, clock: Clock
+) -> None:
+    for _ in range(8):
+        await aimd.acquire()
+    sent_at = clock.now
+    aimd.throttled(1.0, sent_at=sent_at)
+    once = aimd.rate_per_s
+    for _ in range(3):  # the other calls of that second come back 429 too
+        aimd.throttled(1.0, sent_at=sent_at)
+    assert aimd.rate_per_s == once
+    assert aimd.paused_for() == pytest.approx(1.0)

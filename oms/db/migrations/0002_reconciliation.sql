@@ -9,6 +9,7 @@ ALTER TABLE documents ADD COLUMN waits integer NOT NULL DEFAULT 0;
 ALTER TABLE thunderhead_batches
     ADD COLUMN reconcile_rounds  integer NOT NULL DEFAULT 0,
     ADD COLUMN unknown_since     timestamptz,   -- when its send was over, answer unknown
+    ADD COLUMN unanswered_since  timestamptz,   -- Thunderhead not answering the find since
     ADD COLUMN next_reconcile_at timestamptz,
     ADD COLUMN reconcile_owner   text,
     ADD COLUMN reconcile_until   timestamptz,
