@@ -39,6 +39,7 @@ from oms.thunderhead import JobRef, ThunderheadClient
 
 logger = logging.getLogger(__name__)
 _MIN_ROUNDS = 3  # never fail a batch on fewer unanswered questions, however late
+_MAX_ROUND_GAP_S = 15.0
 
 
 class Reconciler:
@@ -195,8 +196,11 @@ class Reconciler:
         metrics.RECONCILIATIONS.labels("unanswered").inc()
 
     def _delay(self, rounds: int) -> float:
+        """Backoff between rounds, capped low: a round is one call for a whole batch,
+        and documents wait on its answer."""
         ceiling = min(
             self._settings.wait_backoff_max_s,
+            _MAX_ROUND_GAP_S,
             self._settings.backoff_base_s * 2 ** min(rounds, 30),
         )
         return ceiling * random.uniform(0.5, 1.0)
