@@ -156,3 +156,17 @@ async def record_failures(
         ],
         now,
     )
+
+
+async def note_all(
+    conn: asyncpg.Connection,
+    document_ids: Sequence[uuid.UUID],
+    status: domain.Status,
+    detail: dict[str, Any],
+    actor: str,
+    now: datetime,
+) -> None:
+    """The same timeline note (no change of status) on each of these documents."""
+    await append_timeline(
+        conn, [TimelineEntry(i, status, status, detail) for i in document_ids], actor, now
+    )

@@ -497,17 +497,11 @@ async def park_for_reconciliation(
             msgspec.to_builtins(error),
             now,
         )
-        await journal.append_timeline(
+        await journal.note_all(
             conn,
-            [
-                journal.TimelineEntry(
-                    r["id"],
-                    domain.Status.PROCESSING,
-                    domain.Status.PROCESSING,
-                    {"event": "reconciling", "batch_id": str(batch_id), "error": error.detail},
-                )
-                for r in rows
-            ],
+            [r["id"] for r in rows],
+            domain.Status.PROCESSING,
+            {"event": "reconciling", "batch_id": str(batch_id), "error": error.detail},
             ACTOR,
             now,
         )

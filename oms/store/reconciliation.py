@@ -131,17 +131,11 @@ async def send_again(
             batch_id,
             now,
         )
-        await journal.append_timeline(
+        await journal.note_all(
             conn,
-            [
-                journal.TimelineEntry(
-                    r["id"],
-                    domain.Status.PROCESSING,
-                    domain.Status.PROCESSING,
-                    {"event": "send_again", "batch_id": str(batch_id), "reason": reason},
-                )
-                for r in rows
-            ],
+            [r["id"] for r in rows],
+            domain.Status.PROCESSING,
+            {"event": "send_again", "batch_id": str(batch_id), "reason": reason},
             ACTOR,
             now,
         )
