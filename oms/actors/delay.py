@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 import time
 from typing import Generic
 
@@ -21,6 +22,12 @@ from oms import metrics
 from oms.bus import M, PriorityMailbox
 
 logger = logging.getLogger(__name__)
+
+
+def jittered_backoff(base_s: float, tries: int, cap_s: float) -> float:
+    """``base_s * 2**tries`` capped at ``cap_s``, then jittered to 50-100% of it, so
+    work that failed together does not come back together."""
+    return min(cap_s, base_s * 2 ** min(tries, 30)) * random.uniform(0.5, 1.0)
 
 
 class DelayedRequeue(Generic[M]):

@@ -25,7 +25,6 @@ Thunderhead client, and settles the outcome in one transaction per batch:
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import msgspec
 
 from oms import config, domain, exceptions, metrics
 from oms.actors.batcher import Batcher
+from oms.actors.delay import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS
 from oms.refdata import RefDataClient
 from oms.store import processing as store
@@ -430,18 +430,13 @@ class ProcessingStage:
 
     def backoff(self, attempts: int, at_least_s: float) -> float:
         """Exponential backoff with jitter, never shorter than Thunderhead asked."""
-        ceiling = min(
-            self._settings.backoff_max_s, self._settings.backoff_base_s * 2 ** min(attempts, 30)
-        )
-        return max(at_least_s, ceiling * random.uniform(0.5, 1.0))
+        s = self._settings
+        return max(at_least_s, jittered_backoff(s.backoff_base_s, attempts, s.backoff_max_s))
 
     def wait(self, waits: int, at_least_s: float) -> float:
         """Backoff for OMS's own waits: capped lower, so work resumes soon after."""
-        ceiling = min(
-            self._settings.wait_backoff_max_s,
-            self._settings.backoff_base_s * 2 ** min(waits, 30),
-        )
-        return max(at_least_s, ceiling * random.uniform(0.5, 1.0))
+        s = self._settings
+        return max(at_least_s, jittered_backoff(s.backoff_base_s, waits, s.wait_backoff_max_s))
 
 
 def _now() -> datetime:

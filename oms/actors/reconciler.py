@@ -22,7 +22,6 @@ when poked), so this works the same in both pipeline modes and across processes.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +30,7 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from oms import config, domain, exceptions, metrics
+from oms.actors.delay import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS
 from oms.store import processing as processing_store
 from oms.store import reconciliation as store
@@ -198,12 +198,8 @@ class Reconciler:
     def _delay(self, rounds: int) -> float:
         """Backoff between rounds, capped low: a round is one call for a whole batch,
         and documents wait on its answer."""
-        ceiling = min(
-            self._settings.wait_backoff_max_s,
-            _MAX_ROUND_GAP_S,
-            self._settings.backoff_base_s * 2 ** min(rounds, 30),
-        )
-        return ceiling * random.uniform(0.5, 1.0)
+        cap = min(self._settings.wait_backoff_max_s, _MAX_ROUND_GAP_S)
+        return jittered_backoff(self._settings.backoff_base_s, rounds, cap)
 
 
 def _the_batch_job(jobs: list[JobRef], batch_name: str) -> JobRef | None:
