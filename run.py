@@ -57,12 +57,14 @@ def cli() -> int:
         print(f"oms: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.logging.level, settings.logging.format)
+    failed = False
     try:
         anyio.run(main, settings)
-    except exceptions.OmsError as exc:
-        print(f"oms: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* exceptions.OmsError as group:  # a start-up error, or a component that died
+        for exc in group.exceptions:
+            print(f"oms: {exc}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +24,28 @@ import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from oms import bus, config, domain, exceptions
-from oms.actors.delay import DelayedRequeue
+from oms import config, domain, exceptions, lifecycle, metrics
+from oms.actors import handoff
+from oms.actors.mailbox import PriorityMailbox
 from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.actors.pool import ActorPool, PoolSettings
 from oms.actors.processing import ProcessingStage
 from oms.actors.reconciler import Reconciler
 from oms.actors.relay import OutboxRelay
+from oms.actors.schedule import DueSchedule
+from oms.actors.settle import Settler
+from oms.actors.submitter import Submitter
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
 from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
+from oms.http.server import HttpServer
+from oms.intake.purge import IdempotencyKeyPurge
 from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
 from oms.kafka.broker import EmbeddedBroker, ensure_topics
+from oms.lifecycle import Declared, Policy
 from oms.refdata import RefDataClient
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
@@ -68,184 +73,193 @@ class Started(msgspec.Struct, frozen=True):
     pools: dict[str, ActorPool[Any]]
 
 
+class Outside(msgspec.Struct, frozen=True):
+    """What OMS talks to, opened (or started embedded) before any component runs."""
+
+    dsn: str
+    pool: asyncpg.Pool
+    refdata_url: str
+    refdata: RefDataClient
+    thunderhead_url: str
+    thunderhead: ThunderheadClient
+    kafka: config.KafkaSettings
+
+
 async def run(
     settings: config.Settings,
     stop: anyio.Event,
     *,
     task_status: TaskStatus[Started] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run OMS until ``stop`` is set, then shut down in stages."""
+    """Run OMS until ``stop`` is set: open what it talks to, then run its components."""
     async with AsyncExitStack() as stack:
-        dsn = settings.database.dsn or await _start_embedded_database(settings, stack)
-        pool = await _open_pool(dsn, settings, stack)
-        await _prepare_database(pool, demo_keys=settings.embedded)
-        refdata_url = settings.refdata.base_url or await _start_simulator(
-            stack, refdata_sim.make_app()
-        )
-        refdata = await stack.enter_async_context(
-            RefDataClient(msgspec.structs.replace(settings.refdata, base_url=refdata_url))
-        )
-        thunderhead_url = settings.thunderhead.base_url or await _start_simulator(
-            stack, thunderhead_sim.make_app(state_file=_simulator_state_file(settings))
-        )
-        thunderhead = await stack.enter_async_context(
-            ThunderheadClient(
-                msgspec.structs.replace(settings.thunderhead, base_url=thunderhead_url)
-            )
-        )
-        bootstrap = settings.kafka.bootstrap_servers or await _start_embedded_broker(
-            settings, stack
-        )
-        kafka = msgspec.structs.replace(settings.kafka, bootstrap_servers=bootstrap)
-        await _create_topics(settings, kafka)
-        relay = OutboxRelay(
-            pool,
-            settings.relay,
-            kafka,
-            settings.events,
-            embedded=not settings.kafka.bootstrap_servers,
-        )
-        topics = documents.Topics(
-            requested=settings.events.topic_requested,
-            submitted=settings.events.topic_submitted,
-            status=settings.events.topic_status,
-        )
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        events_mode = settings.pipeline.mode == "events"
-        requested = bus.PriorityMailbox[domain.DocumentRequested](
-            "document.requested",
-            settings.processing.mailbox_capacity,
-            key=lambda event: event.document_id,
-        )
-        polls = bus.PriorityMailbox[PollJob](
-            "monitoring.poll", settings.monitoring.mailbox_capacity, key=lambda job: job.job_id
-        )
-        monitoring = MonitoringStage(
-            pool, thunderhead, settings.monitoring, topics, polls, push=events_mode
-        )
-        retries = DelayedRequeue("processing", requested, settings.processing.retry_schedule_max)
-        reconciler = Reconciler(
-            pool,
-            thunderhead,
-            settings.processing,
-            topics,
-            owner,
-            on_submitted=monitoring.register if events_mode else _ignore,
-            send_again=retries.schedule if events_mode else _ignore,
-        )
-        processing = ProcessingStage(
-            pool,
-            refdata,
-            thunderhead,
-            settings.processing,
-            topics,
-            owner,
-            # Scheduled mode pushes nothing: the scans find submitted jobs and due retries.
-            on_submitted=monitoring.register if events_mode else _ignore,
-            retry_later=retries.schedule if events_mode else _ignore,
-            reconcile_soon=reconciler.poke,
-        )
-        processing_pool = ActorPool(
-            "processing",
-            requested,
-            processing.handle,
-            _pool_settings(settings.processing.actors, settings.processing),
-            message_id=lambda event: event.document_id,
-        )
-        monitoring_pool = ActorPool(
-            "monitoring",
-            polls,
-            monitoring.poll,
-            _pool_settings(settings.monitoring.actors, settings.processing),
-            message_id=lambda job: job.job_id,
-        )
-        if settings.processing.start_paused:
-            processing_pool.pause()
-        sweeper = Sweeper(pool, settings, requested, monitoring)
-        writer = DocumentWriter(pool, topics, settings.intake)
-        async with anyio.create_task_group() as tg:
-            await tg.start(writer.run)
-            batcher_scope = anyio.CancelScope()
-            await tg.start(_run_in_scope, batcher_scope, processing.batcher.run)
-            # Cancelled at shutdown, after the stages drained: these hold no work of their own.
-            background = [anyio.CancelScope() for _ in range(5)]
-            tg.start_soon(_in_scope, background[0], _purge_idempotency_keys, pool, settings.intake)
-            tg.start_soon(_in_scope, background[1], retries.run)
-            tg.start_soon(_in_scope, background[2], monitoring.run_schedule)
-            tg.start_soon(_in_scope, background[3], sweeper.run)
-            tg.start_soon(_in_scope, background[4], reconciler.run)
-            relay_scope = anyio.CancelScope()
-            if settings.relay.enabled:
-                await tg.start(_run_in_scope, relay_scope, relay.run)
-            else:
-                logger.warning("outbox relay disabled: events wait in the outbox")
-            # Cancel actors still busy at the drain deadline.
-            actor_scopes = [anyio.CancelScope(), anyio.CancelScope()]
-            await tg.start(_run_in_scope, actor_scopes[0], processing_pool.run)
-            await tg.start(_run_in_scope, actor_scopes[1], monitoring_pool.run)
+        outside = await _open_outside(settings, stack)
+        components, http, pools = _components(settings, outside)
 
-            app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
-            app[intake.SETTINGS] = settings
-            app[intake.POOL] = pool
-            app[intake.INTAKE] = IntakeService(
-                pool, writer, refdata, settings.intake, topics, requested if events_mode else None
-            )
-            app[http_app.AUTHENTICATOR] = auth.Authenticator(
-                pool, settings.intake.api_key_cache_ttl_s
-            )
-            app[health.READINESS] = lambda: _readiness(pool, thunderhead, relay)
-            pools = {"processing": processing_pool, "monitoring": monitoring_pool}
-            app[admin.POOLS] = pools
-            app[admin.POKE_RELAY] = relay.poke
-            runner = web.AppRunner(
-                app,
-                handle_signals=False,
-                access_log=None,
-                shutdown_timeout=settings.server.shutdown_timeout_s,
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, settings.server.host, settings.server.port)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            started = Started(
-                f"http://{host}:{port}",
-                dsn,
-                refdata_url,
-                thunderhead_url,
-                bootstrap,
+        def started() -> Started:
+            logger.info("OMS listening", extra={"url": http.url})
+            return Started(
+                http.url,
+                outside.dsn,
+                outside.refdata_url,
+                outside.thunderhead_url,
+                outside.kafka.bootstrap_servers,
                 settings.embedded,
                 pools,
             )
-            logger.info("OMS listening", extra={"url": started.base_url})
-            task_status.started(started)
 
-            await stop.wait()
-            logger.info("shutting down: draining in-flight requests")
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()  # stop listening, finish requests in hand
-                writer.close()
-                for scope in background[1:]:
-                    scope.cancel()  # no new work from retries, schedule or sweeps
-                await processing_pool.stop()  # actors finish their message in hand
-                actor_scopes[0].cancel()
-                with anyio.move_on_after(settings.processing.drain_deadline_s):
-                    await processing.batcher.close()  # open batches are sent, then settled
-                    await processing.batcher.finished.wait()
-                # Past the deadline a send is cut off: its documents keep their lease
-                # and batch row, and are reconciled once the lease expires.
-                batcher_scope.cancel()
-                await monitoring_pool.stop()
-                actor_scopes[1].cancel()
-                background[0].cancel()
-                # Last: publish what the stages just wrote, within the drain deadline.
-                relay.poke()
-                await relay.stop(timeout_s=settings.processing.drain_deadline_s)
-                relay_scope.cancel()
+        await lifecycle.run_all(components, stop, started, task_status=task_status)
     logger.info("OMS stopped")
 
 
-def _ignore(*_: object) -> None:
-    """The scheduled mode's stand-in for a push between stages."""
+async def _open_outside(settings: config.Settings, stack: AsyncExitStack) -> Outside:
+    """Database (embedded if no DSN), pool, migrations, Reference Data and Thunderhead
+    clients (in-process simulators if no URL), Kafka (embedded if none) and its topics.
+    The stack closes them in reverse, each with a deadline."""
+    dsn = settings.database.dsn or await _start_embedded_database(settings, stack)
+    pool = await _open_pool(dsn, settings, stack)
+    await _prepare_database(pool, demo_keys=settings.embedded)
+    refdata_url = settings.refdata.base_url or await _start_simulator(stack, refdata_sim.make_app())
+    refdata = await stack.enter_async_context(
+        RefDataClient(msgspec.structs.replace(settings.refdata, base_url=refdata_url))
+    )
+    thunderhead_url = settings.thunderhead.base_url or await _start_simulator(
+        stack, thunderhead_sim.make_app(state_file=_simulator_state_file(settings))
+    )
+    thunderhead = await stack.enter_async_context(
+        ThunderheadClient(msgspec.structs.replace(settings.thunderhead, base_url=thunderhead_url))
+    )
+    bootstrap = settings.kafka.bootstrap_servers or await _start_embedded_broker(settings, stack)
+    kafka = msgspec.structs.replace(settings.kafka, bootstrap_servers=bootstrap)
+    await _create_topics(settings, kafka)
+    return Outside(dsn, pool, refdata_url, refdata, thunderhead_url, thunderhead, kafka)
+
+
+def _components(
+    settings: config.Settings, outside: Outside
+) -> tuple[list[Declared], HttpServer, dict[str, ActorPool[Any]]]:
+    """OMS's components in dependency order: started in this order, drained in reverse.
+
+    Draining in reverse: stop listening and finish requests in hand, write what
+    intake queued, stop the timers and scans (they hold no work), let the
+    processing actors finish their message, send open batches and settle them,
+    let the pollers finish, then publish what the stages just wrote.
+    """
+    pool, processing_s, monitoring_s = outside.pool, settings.processing, settings.monitoring
+    events_mode = settings.pipeline.mode == "events"
+    topics = documents.Topics(
+        requested=settings.events.topic_requested,
+        submitted=settings.events.topic_submitted,
+        status=settings.events.topic_status,
+    )
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    relay = OutboxRelay(
+        pool,
+        settings.relay,
+        outside.kafka,
+        settings.events,
+        embedded=not settings.kafka.bootstrap_servers,
+    )
+    requested_box = PriorityMailbox[domain.DocumentRequested](
+        "document.requested", processing_s.mailbox_capacity, key=lambda event: event.document_id
+    )
+    polls = PriorityMailbox[PollJob](
+        "monitoring.poll", monitoring_s.mailbox_capacity, key=lambda job: job.job_id
+    )
+    monitoring = MonitoringStage(
+        pool, outside.thunderhead, monitoring_s, topics, polls, push=events_mode
+    )
+    retries = DueSchedule[domain.DocumentRequested](
+        "processing",
+        processing_s.retry_schedule_max,
+        key=lambda event: event.document_id,
+        deliver=requested_box.offer,
+        size=metrics.RETRY_SCHEDULE_SIZE.labels("processing"),
+    )
+    # The stage boundaries. Scheduled mode hands nothing over: scans find the work.
+    requested: handoff.RequestedHandoff = (
+        handoff.ToProcessing(requested_box, retries) if events_mode else handoff.Nothing()
+    )
+    submitted: handoff.Handoff[domain.DocumentSubmitted] = (
+        handoff.ToMonitoring(monitoring) if events_mode else handoff.Nothing()
+    )
+    reconciler = Reconciler(
+        pool,
+        outside.thunderhead,
+        processing_s,
+        topics,
+        owner,
+        requested=requested,
+        submitted=submitted,
+    )
+    settler = Settler(
+        pool, processing_s, topics, requested=requested, submitted=submitted, reconciler=reconciler
+    )
+    submitter = Submitter(pool, outside.thunderhead, processing_s, settler)
+    processing = ProcessingStage(
+        pool, outside.refdata, processing_s, owner, submitter=submitter, settler=settler
+    )
+    processing_pool = ActorPool(
+        "processing",
+        requested_box,
+        processing.handle,
+        _pool_settings(processing_s.actors, processing_s),
+        message_id=lambda event: event.document_id,
+    )
+    monitoring_pool = ActorPool(
+        "monitoring",
+        polls,
+        monitoring.poll,
+        _pool_settings(monitoring_s.actors, processing_s),
+        message_id=lambda job: job.job_id,
+    )
+    if processing_s.start_paused:
+        processing_pool.pause()
+    writer = DocumentWriter(pool, topics, settings.intake)
+    intake_service = IntakeService(
+        pool, writer, outside.refdata, settings.intake, topics, requested
+    )
+    pools = {"processing": processing_pool, "monitoring": monitoring_pool}
+    http = HttpServer(_web_app(settings, outside, relay, intake_service, pools), settings.server)
+
+    drain_s = processing_s.drain_deadline_s
+    components = [
+        Declared(relay, Policy.RESTART, drain_s) if settings.relay.enabled else None,
+        Declared(IdempotencyKeyPurge(pool, settings.intake), Policy.RESTART),
+        Declared(monitoring_pool, Policy.STOP, drain_s),
+        Declared(submitter, Policy.STOP, drain_s),
+        Declared(processing_pool, Policy.STOP, drain_s),
+        Declared(Sweeper(pool, settings, requested_box, monitoring), Policy.RESTART),
+        Declared(reconciler, Policy.RESTART),
+        Declared(monitoring.schedule, Policy.RESTART) if events_mode else None,
+        Declared(retries, Policy.RESTART) if events_mode else None,
+        Declared(writer, Policy.STOP, settings.server.shutdown_timeout_s),
+        Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1),
+    ]
+    if not settings.relay.enabled:
+        logger.warning("outbox relay disabled: events wait in the outbox")
+    return [c for c in components if c is not None], http, pools
+
+
+def _web_app(
+    settings: config.Settings,
+    outside: Outside,
+    relay: OutboxRelay,
+    intake_service: IntakeService,
+    pools: dict[str, ActorPool[Any]],
+) -> web.Application:
+    app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
+    app[intake.SETTINGS] = settings
+    app[intake.POOL] = outside.pool
+    app[intake.INTAKE] = intake_service
+    app[http_app.AUTHENTICATOR] = auth.Authenticator(
+        outside.pool, settings.intake.api_key_cache_ttl_s
+    )
+    app[health.READINESS] = lambda: _readiness(outside.pool, outside.thunderhead, relay)
+    app[admin.POOLS] = pools
+    app[admin.POKE_RELAY] = relay.poke
+    return app
 
 
 def _pool_settings(size: int, settings: config.ProcessingSettings) -> PoolSettings:
@@ -253,25 +267,7 @@ def _pool_settings(size: int, settings: config.ProcessingSettings) -> PoolSettin
         size=size,
         restart_backoff_s=settings.restart_backoff_s,
         max_redeliveries=settings.max_redeliveries,
-        drain_deadline_s=settings.drain_deadline_s,
     )
-
-
-async def _in_scope(
-    scope: anyio.CancelScope, func: Callable[..., Awaitable[None]], *args: object
-) -> None:
-    with scope:
-        await func(*args)
-
-
-async def _run_in_scope(
-    scope: anyio.CancelScope,
-    func: Callable[..., Awaitable[None]],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    with scope:
-        await func(task_status=task_status)
 
 
 async def _start_embedded_database(settings: config.Settings, stack: AsyncExitStack) -> str:
@@ -397,16 +393,3 @@ async def _readiness(
         checks["database"] = "timed out"
     ready = all(v == "ok" for v in checks.values()) and "migrations" in checks
     return health.ReadinessReport(ready, checks)
-
-
-async def _purge_idempotency_keys(pool: asyncpg.Pool, settings: config.IntakeSettings) -> None:
-    """Expired Idempotency-Key records are deleted so the table stays bounded."""
-    while True:
-        await anyio.sleep(settings.idempotency_purge_interval_s)
-        try:
-            async with pool.acquire() as conn:
-                removed = await documents.purge_expired_idempotency_keys(conn, datetime.now(UTC))
-            if removed:
-                logger.info("expired idempotency keys purged", extra={"count": removed})
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            logger.warning("idempotency key purge failed: %s", exc)

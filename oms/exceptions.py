@@ -24,6 +24,14 @@ class ConfigError(OmsError):
         super().__init__(f"configuration key {key!r}: {reason}")
 
 
+class ComponentDied(OmsError):
+    """A component whose policy is to stop OMS ended while OMS was running."""
+
+    def __init__(self, names: str) -> None:
+        self.names = names
+        super().__init__(f"component(s) died: {names}; OMS stopped")
+
+
 class DatabaseError(OmsError):
     """The database could not be reached or did not answer in time."""
 

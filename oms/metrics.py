@@ -57,6 +57,11 @@ POOL_PAUSED = Gauge("oms_pool_paused", "1 while a pool is paused.", ["pool"])
 ACTOR_RESTARTS = Counter(
     "oms_actor_restarts_total", "Actors replaced after their handler raised.", ["pool"]
 )
+COMPONENT_DEATHS = Counter(
+    "oms_component_deaths_total",
+    "Long-running components that ended while OMS ran (restarted or stopping OMS).",
+    ["component"],
+)
 MESSAGES_SET_ASIDE = Counter(
     "oms_messages_set_aside_total",
     "Messages that failed too often and were left to the sweeper.",

@@ -9,20 +9,16 @@ A final job is settled in one transaction (``oms.store.monitoring.settle``).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import anyio
 import asyncpg
 import msgspec
-from anyio.abc import TaskStatus
 
-from oms import bus, config, domain, exceptions, metrics
+from oms import config, domain, exceptions, metrics
+from oms.actors.mailbox import PriorityMailbox
+from oms.actors.schedule import DueSchedule
 from oms.store import monitoring as store
 from oms.store.documents import Topics
 from oms.thunderhead import JobStatus, ThunderheadClient
@@ -51,51 +47,6 @@ class PollJob(msgspec.Struct, frozen=True):
         return "jobs"
 
 
-class PollSchedule:
-    """Due-time heap with one live entry per job (a later ``add`` never delays it)."""
-
-    def __init__(self, max_size: int) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._jobs: dict[str, tuple[float, PollJob]] = {}
-        self._order = itertools.count()
-        self._max_size = max_size
-        self.changed = anyio.Event()
-
-    def __len__(self) -> int:
-        return len(self._jobs)
-
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._jobs
-
-    def add(self, job: PollJob, delay_s: float) -> bool:
-        due = time.monotonic() + delay_s
-        current = self._jobs.get(job.job_id)
-        if current is not None and current[0] <= due:
-            return True
-        if current is None and len(self._jobs) >= self._max_size:
-            return False  # the database remembers it; the sweeper brings it back
-        self._jobs[job.job_id] = (due, job)
-        heapq.heappush(self._heap, (due, next(self._order), job.job_id))
-        metrics.POLL_SCHEDULE_SIZE.set(len(self._jobs))
-        self.changed.set()
-        return True
-
-    def next_due_in(self) -> float | None:
-        while self._heap:
-            due, _, job_id = self._heap[0]
-            entry = self._jobs.get(job_id)
-            if entry is not None and entry[0] == due:
-                return due - time.monotonic()
-            heapq.heappop(self._heap)  # superseded by an earlier entry
-        return None
-
-    def pop(self) -> PollJob:
-        _, _, job_id = heapq.heappop(self._heap)
-        _, job = self._jobs.pop(job_id)
-        metrics.POLL_SCHEDULE_SIZE.set(len(self._jobs))
-        return job
-
-
 class MonitoringStage:
     def __init__(
         self,
@@ -103,7 +54,7 @@ class MonitoringStage:
         thunderhead: ThunderheadClient,
         settings: config.MonitoringSettings,
         topics: Topics,
-        mailbox: bus.PriorityMailbox[PollJob],
+        mailbox: PriorityMailbox[PollJob],
         *,
         push: bool,
     ) -> None:
@@ -113,7 +64,15 @@ class MonitoringStage:
         self._topics = topics
         self.mailbox = mailbox
         self._push = push  # events mode: keep the in-memory schedule; scheduled: the DB does
-        self.schedule = PollSchedule(settings.schedule_max)
+        # Events mode: due jobs go to the pollers; a full mailbox means try again shortly.
+        self.schedule = DueSchedule[PollJob](
+            "monitoring",
+            settings.schedule_max,
+            key=lambda job: job.job_id,
+            deliver=self._hand_to_pollers,
+            size=metrics.POLL_SCHEDULE_SIZE,
+            redeliver_after_s=1.0,
+        )
         # Jobs handed to the pollers and not finished yet: never handed over twice.
         self._in_hand: set[str] = set()
 
@@ -122,13 +81,11 @@ class MonitoringStage:
 
     # --- feeding ----------------------------------------------------------------------------
 
-    def register(self, events: Sequence[domain.DocumentSubmitted]) -> None:
-        """Documents were submitted: watch their jobs (one entry per job)."""
-        now = datetime.now(UTC)
-        for event in events:
-            if event.job_id not in self.schedule:
-                job = PollJob(event.batch_id, event.job_id, now, 0, event.priority)
-                self.schedule.add(job, self._settings.poll_initial_s)
+    def watch_submitted(self, event: domain.DocumentSubmitted) -> None:
+        """A document was submitted: watch its job (one entry per job)."""
+        if event.job_id not in self.schedule:
+            job = PollJob(event.batch_id, event.job_id, datetime.now(UTC), 0, event.priority)
+            self.schedule.add(job, self._settings.poll_initial_s)
 
     def watch(self, job: PollJob, delay_s: float = 0.0) -> None:
         """A job found in the database (start-up, sweeper, scheduled scan)."""
@@ -136,28 +93,14 @@ class MonitoringStage:
             return
         if self._push:
             self.schedule.add(job, delay_s)
-        elif self.mailbox.offer(job):
-            self._in_hand.add(job.job_id)
-        else:
+        elif not self._hand_to_pollers(job):
             logger.warning("poll mailbox full; the next scan brings the job back")
 
-    async def run_schedule(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Hand due jobs to the pollers, for ever."""
-        task_status.started()
-        while True:
-            wait = self.schedule.next_due_in()
-            if wait is None or wait > 0:
-                self.schedule.changed = anyio.Event()
-                with anyio.move_on_after(wait if wait is not None else float("inf")):
-                    await self.schedule.changed.wait()
-                continue
-            job = self.schedule.pop()
-            if self.mailbox.offer(job):
-                self._in_hand.add(job.job_id)
-            else:
-                self.schedule.add(job, 1.0)  # pollers are behind: try again shortly
+    def _hand_to_pollers(self, job: PollJob) -> bool:
+        if not self.mailbox.offer(job):
+            return False
+        self._in_hand.add(job.job_id)
+        return True
 
     # --- the poller actor's handler --------------------------------------------------------------
 

@@ -6,46 +6,42 @@ mailbox, and the actor is replaced after a backoff that grows while failures
 repeat; a message that keeps failing (``max_redeliveries``) is set aside and
 logged — its document stays in the database, where the sweeper finds it.
 
-Shutdown drains: ``stop`` closes the mailbox to new work, actors finish the
-message in hand, and whatever is still running at the deadline is cancelled.
+Shutdown drains: ``drain`` closes the mailbox to new work and waits while the
+actors finish the message in hand; the app's runner bounds that with the pool's
+deadline and then cancels what is still running.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic
 
 import anyio
 from anyio.abc import TaskStatus
 
 from oms import metrics
-from oms.bus import M, PriorityMailbox
+from oms.actors.mailbox import M, PriorityMailbox
+from oms.backoff import jittered_backoff
+from oms.lifecycle import Component
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[M], Awaitable[None]]
 
 
+@dataclass(frozen=True)
 class PoolSettings:
     """Plain values: the pool is generic, its callers map config onto this."""
 
-    def __init__(
-        self,
-        size: int,
-        restart_backoff_s: float = 0.5,
-        restart_backoff_max_s: float = 30.0,
-        max_redeliveries: int = 5,
-        drain_deadline_s: float = 10.0,
-    ) -> None:
-        self.size = size
-        self.restart_backoff_s = restart_backoff_s
-        self.restart_backoff_max_s = restart_backoff_max_s
-        self.max_redeliveries = max_redeliveries
-        self.drain_deadline_s = drain_deadline_s
+    size: int
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    max_redeliveries: int = 5
 
 
-class ActorPool(Generic[M]):
+class ActorPool(Component, Generic[M]):
     def __init__(
         self,
         name: str,
@@ -86,22 +82,19 @@ class ActorPool(Generic[M]):
         logger.info("pool resumed", extra={"pool": self.name})
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the actors until ``stop``; returns once they have drained or been cancelled."""
+        """Run the actors until ``drain``; returns once they have drained (or are cancelled)."""
         metrics.POOL_SIZE.labels(self.name).set(self._settings.size)
         async with anyio.create_task_group() as tg:
             for slot in range(self._settings.size):
                 tg.start_soon(self._supervise, slot)
             task_status.started()
 
-    async def stop(self) -> None:
-        """Stop taking messages; wait for in-hand ones up to the drain deadline."""
+    async def drain(self) -> None:
+        """Take no more messages; return once the messages in hand are finished."""
         self._stopping = True
         self.mailbox.close()
         self._running.set()  # a paused pool must wake up to see it is stopping
-        with anyio.move_on_after(self._settings.drain_deadline_s) as scope:
-            await self._idle.wait()
-        if scope.cancelled_caught:
-            logger.warning("pool did not drain in time; cancelling", extra={"pool": self.name})
+        await self._idle.wait()
 
     async def _supervise(self, slot: int) -> None:
         self._crashes[slot] = 0
@@ -111,9 +104,10 @@ class ActorPool(Generic[M]):
                 return
             except Exception:
                 self._crashes[slot] += 1
-                delay = min(
+                delay = jittered_backoff(
+                    self._settings.restart_backoff_s,
+                    self._crashes[slot] - 1,
                     self._settings.restart_backoff_max_s,
-                    self._settings.restart_backoff_s * 2 ** min(self._crashes[slot] - 1, 30),
                 )
                 logger.exception(
                     "actor crashed; replacing it",

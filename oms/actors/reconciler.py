@@ -22,7 +22,6 @@ when poked), so this works the same in both pipeline modes and across processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -30,8 +29,10 @@ import asyncpg
 from anyio.abc import TaskStatus
 
 from oms import config, domain, exceptions, metrics
-from oms.actors.delay import jittered_backoff
+from oms.actors.handoff import Handoff
+from oms.backoff import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS
+from oms.lifecycle import Component
 from oms.store import processing as processing_store
 from oms.store import reconciliation as store
 from oms.store.documents import Topics
@@ -42,7 +43,9 @@ _MIN_ROUNDS = 3  # never fail a batch on fewer unanswered questions, however lat
 _MAX_ROUND_GAP_S = 15.0
 
 
-class Reconciler:
+class Reconciler(Component):
+    name = "reconciler"
+
     def __init__(
         self,
         db: asyncpg.Pool,
@@ -51,16 +54,16 @@ class Reconciler:
         topics: Topics,
         owner: str,
         *,
-        on_submitted: Callable[[Sequence[domain.DocumentSubmitted]], None],
-        send_again: Callable[[domain.DocumentRequested, float], None],
+        requested: Handoff[domain.DocumentRequested],
+        submitted: Handoff[domain.DocumentSubmitted],
     ) -> None:
         self._db = db
         self._thunderhead = thunderhead
         self._settings = settings
         self._topics = topics
         self._owner = owner
-        self._on_submitted = on_submitted
-        self._send_again = send_again
+        self._requested = requested
+        self._submitted = submitted
         self._wake = anyio.Event()
 
     def poke(self) -> None:
@@ -130,7 +133,8 @@ class Reconciler:
                 "reconciled: Thunderhead has the batch; job adopted",
                 extra={"batch_id": str(batch.batch_id), "job_id": job.job_id, "count": len(events)},
             )
-            self._on_submitted(events)
+            for submitted in events:
+                self._submitted.hand_over(submitted)
             return
         if age_s >= self._settings.in_flight_window_s:
             reason = "Thunderhead does not have the batch and no send can still land"
@@ -142,7 +146,7 @@ class Reconciler:
                 extra={"batch_id": str(batch.batch_id), "count": len(again)},
             )
             for event in again:
-                self._send_again(event, 0.0)
+                self._requested.hand_over(event)
             return
         # Too young to be sure: a send may still be on its way. Ask again, at the
         # latest when the in-flight window closes.

@@ -55,6 +55,7 @@ from oms import config, exceptions, metrics
 from oms.db.pool import CONNECTION_ERRORS
 from oms.kafka import broker, cloudevents
 from oms.kafka import producer as kafka_producer
+from oms.lifecycle import Component
 from oms.store import outbox
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class _Round:
         return [row for row in self.delivered if not self.blocked(row)]
 
 
-class OutboxRelay:
+class OutboxRelay(Component):
+    name = "outbox relay"
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -148,6 +151,11 @@ class OutboxRelay:
                     await self._serve()
         finally:
             self._finished.set()
+
+    async def drain(self) -> None:
+        """Publish what is due now, then step down (the runner bounds this)."""
+        self.poke()
+        await self.stop(timeout_s=math.inf)
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Finish the round in hand and step down; cancel what is left after ``timeout_s``."""

@@ -25,21 +25,25 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from oms import bus, config, domain, metrics
+from oms import config, domain, metrics
+from oms.actors.mailbox import PriorityMailbox
 from oms.actors.monitoring import MonitoringStage, PollJob
 from oms.db.pool import CONNECTION_ERRORS
+from oms.lifecycle import Component
 from oms.store import monitoring as monitoring_store
 from oms.store import reconciliation, sweeps
 
 logger = logging.getLogger(__name__)
 
 
-class Sweeper:
+class Sweeper(Component):
+    name = "sweeper"
+
     def __init__(
         self,
         db: asyncpg.Pool,
         settings: config.Settings,
-        processing: bus.PriorityMailbox[domain.DocumentRequested],
+        processing: PriorityMailbox[domain.DocumentRequested],
         monitoring: MonitoringStage,
     ) -> None:
         self._db = db

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from oms import config, domain, exceptions, metrics
-from oms.bus import PriorityMailbox
+from oms.actors.handoff import RequestedHandoff
 from oms.intake import validation
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
@@ -52,10 +52,10 @@ class IntakeService:
         refdata: RefDataClient,
         settings: config.IntakeSettings,
         topics: documents.Topics,
-        processing: PriorityMailbox[domain.DocumentRequested] | None,
+        requested: RequestedHandoff,
     ) -> None:
         self.topics = topics
-        self._processing = processing
+        self._requested = requested
         self._pool = pool
         self._writer = writer
         self._refdata = refdata
@@ -148,13 +148,11 @@ class IntakeService:
     async def _write(self, item: documents.NewDocument) -> documents.InsertOutcome:
         """Store the request only if processing has room for it, then hand it over.
 
-        The slot is reserved first: when the processing mailbox is full the
-        caller gets 503 and nothing is stored half-way. In scheduled mode there
-        is no push, so nothing to reserve.
+        The slot is reserved first: when processing is full the caller gets 503
+        and nothing is stored half-way. In scheduled mode the handoff holds
+        nothing (processing scans the database), so nothing is refused.
         """
-        if self._processing is None:  # scheduled mode: processing scans the database
-            return await self._writer.write(item)
-        reservation = self._processing.reserve()
+        reservation = self._requested.reserve()
         try:
             outcome = await self._writer.write(item)
         except BaseException:

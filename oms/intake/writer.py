@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from oms import config, exceptions, metrics
 from oms.db.pool import CONNECTION_ERRORS
+from oms.lifecycle import Component
 from oms.store import documents
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 _Pending = tuple[documents.NewDocument, "asyncio.Future[documents.InsertOutcome]"]
 
 
-class DocumentWriter:
+class DocumentWriter(Component):
+    name = "intake writer"
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -40,6 +43,7 @@ class DocumentWriter:
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
             settings.commit_max_rows * 4
         )
+        self._finished = anyio.Event()
 
     async def write(self, item: documents.NewDocument) -> documents.InsertOutcome:
         """Store one request; raises DatabaseError if the database is unavailable."""
@@ -54,11 +58,19 @@ class DocumentWriter:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the writer loops until ``close`` is called and the queue is drained."""
-        async with anyio.create_task_group() as tg:
-            for _ in range(max(1, self._settings.commit_writers)):
-                tg.start_soon(self._loop, self._receive.clone())
-            self._receive.close()
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(max(1, self._settings.commit_writers)):
+                    tg.start_soon(self._loop, self._receive.clone())
+                self._receive.close()
+                task_status.started()
+        finally:
+            self._finished.set()
+
+    async def drain(self) -> None:
+        """Take no more requests; return once the queued ones are written."""
+        self.close()
+        await self._finished.wait()
 
     def close(self) -> None:
         """Stop taking requests; queued ones are still written by running loops."""

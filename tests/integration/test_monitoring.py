@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from oms import domain
-from oms.actors.monitoring import PollJob, PollSchedule
+from oms import domain, metrics
+from oms.actors.monitoring import PollJob
+from oms.actors.schedule import DueSchedule
 from tests.conftest import SimServer
 from tests.integration.intake_support import document
 from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
@@ -175,7 +176,13 @@ async def test_scheduled_mode_runs_the_pipeline_from_database_scans(
 
 
 def test_the_poll_schedule_holds_jobs_not_documents() -> None:
-    schedule = PollSchedule(max_size=10_000)
+    schedule = DueSchedule[PollJob](
+        "test",
+        10_000,
+        key=lambda job: job.job_id,
+        deliver=lambda job: True,
+        size=metrics.POLL_SCHEDULE_SIZE,
+    )
     now = datetime.now(UTC)
     jobs = [PollJob(uuid.uuid4(), f"J-{n}", now, 0, domain.Priority.NORMAL) for n in range(1_000)]
     for _ in range(100):  # 100 documents per job: 100k documents in flight

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -83,10 +84,13 @@ async def start_sending(
     return batch_id
 
 
+E = TypeVar("E")
+
+
 def reconciler(
     pool: asyncpg.Pool, thunderhead: ThunderheadClient, **settings: float
 ) -> tuple[Reconciler, list[domain.DocumentRequested]]:
-    again: list[domain.DocumentRequested] = []
+    again = Recorded[domain.DocumentRequested]()
     processing = msgspec.structs.replace(config.ProcessingSettings(), **settings)
     return (
         Reconciler(
@@ -95,11 +99,18 @@ def reconciler(
             processing,
             TOPICS,
             "reconciler-1",
-            on_submitted=lambda events: None,
-            send_again=lambda event, _delay: again.append(event),
+            requested=again,
+            submitted=Recorded[domain.DocumentSubmitted](),
         ),
         again,
     )
+
+
+class Recorded(list[E]):
+    """A handoff that keeps what it is handed (the next stage is not running here)."""
+
+    def hand_over(self, event: E, delay_s: float = 0.0) -> None:
+        self.append(event)
 
 
 async def test_a_sender_that_outlived_its_lease_leaves_the_batch_to_reconciliation(

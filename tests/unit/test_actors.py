@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from oms import exceptions
+from oms.actors.mailbox import PriorityMailbox
 from oms.actors.pool import ActorPool, PoolSettings
-from oms.bus import PriorityMailbox
 
 
 class Msg(msgspec.Struct, frozen=True):
@@ -90,7 +90,7 @@ async def test_a_crashing_actor_is_replaced_and_its_message_not_lost() -> None:
         await tg.start(pool.run)
         with anyio.fail_after(5):
             await done.wait()
-        await pool.stop()
+        await pool.drain()
     assert handled == ["boom", "after"]  # redelivered first, then the rest
 
 
@@ -114,7 +114,7 @@ async def test_a_poison_message_is_set_aside_after_max_redeliveries() -> None:
         await tg.start(pool.run)
         with anyio.fail_after(5):
             await done.wait()
-        await pool.stop()
+        await pool.drain()
     assert attempts.count("poison") == 4  # first delivery + 3 redeliveries
 
 
@@ -127,12 +127,12 @@ async def test_stop_drains_the_message_in_hand() -> None:
         await anyio.sleep(0.2)
         finished.append(message.name)
 
-    pool = ActorPool("t", mailbox, handler, PoolSettings(size=2, drain_deadline_s=5))
+    pool = ActorPool("t", mailbox, handler, PoolSettings(size=2))
     mailbox.offer(Msg("slow"))
     async with anyio.create_task_group() as tg:
         await tg.start(pool.run)
         await started.wait()
-        await pool.stop()
+        await pool.drain()
         assert finished == ["slow"]
 
 
@@ -156,7 +156,7 @@ async def test_pause_holds_messages_until_resume() -> None:
         pool.resume()
         with anyio.fail_after(5):
             await done.wait()
-        await pool.stop()
+        await pool.drain()
     assert handled == ["held"]
 
 
