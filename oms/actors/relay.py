@@ -52,7 +52,7 @@ from aiokafka import errors as kafka_errors
 from anyio.abc import TaskStatus
 
 from oms import config, exceptions, metrics
-from oms.db.pool import CONNECTION_ERRORS
+from oms.db.pool import CONNECTION_ERRORS, Connection
 from oms.kafka import broker, cloudevents
 from oms.kafka import producer as kafka_producer
 from oms.store import outbox
@@ -183,7 +183,7 @@ class OutboxRelay:
             logger.warning("outbox relay lost the database", extra={"error": self.last_error})
         await self._sleep(self._settings.leader_retry_s)
 
-    async def _step_down(self, conn: asyncpg.Connection) -> None:
+    async def _step_down(self, conn: Connection) -> None:
         was_leader, self._is_leader = self._is_leader, False
         metrics.RELAY_LEADER.set(0)
         self._healthy, self._kafka_failures = True, 0  # a standby does not use Kafka
@@ -197,7 +197,7 @@ class OutboxRelay:
 
     # --- the leader's loop --------------------------------------------------------------
 
-    async def _lead(self, conn: asyncpg.Connection) -> None:
+    async def _lead(self, conn: Connection) -> None:
         assert self._wake is not None
         self._is_leader = True
         metrics.RELAY_LEADER.set(1)
@@ -333,7 +333,7 @@ class OutboxRelay:
             return False  # Kafka is the problem, not the topic
         return topic not in cluster.topics()
 
-    async def _settle(self, conn: asyncpg.Connection, result: _Round) -> None:
+    async def _settle(self, conn: Connection, result: _Round) -> None:
         """Record the round in one transaction: published rows, charged rows."""
         now = _now()
         published = result.publishable()
@@ -409,7 +409,7 @@ class OutboxRelay:
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
 
-    async def _refresh_backlog(self, conn: asyncpg.Connection) -> None:
+    async def _refresh_backlog(self, conn: Connection) -> None:
         waiting = await outbox.backlog(conn)
         metrics.OUTBOX_BACKLOG.set(waiting.unpublished)
         metrics.OUTBOX_OLDEST_AGE.set(waiting.oldest_age_s)

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 
 _STATUS_EVENT = "oms.document.cancelled"
 
@@ -61,7 +62,7 @@ _encode = msgspec.json.encode
 
 
 async def insert_many(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
+    conn: Connection, items: Sequence[NewDocument], topics: Topics
 ) -> list[InsertOutcome]:
     """Store many requests atomically: rows, first timeline entries, outbox rows.
 
@@ -76,7 +77,7 @@ async def insert_many(
 
 
 async def _insert_many(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
+    conn: Connection, items: Sequence[NewDocument], topics: Topics
 ) -> list[InsertOutcome]:
     outcomes: list[InsertOutcome | None] = [None] * len(items)
     candidates = list(range(len(items)))
@@ -123,7 +124,7 @@ def _key(item: NewDocument) -> str:
 
 
 async def _claim_idempotency_keys(
-    conn: asyncpg.Connection, items: Sequence[NewDocument]
+    conn: Connection, items: Sequence[NewDocument]
 ) -> dict[tuple[str, str], IdempotencyRecord]:
     """Insert key records; return the earlier records of keys that were taken.
 
@@ -170,7 +171,7 @@ async def _claim_idempotency_keys(
 
 
 async def find_idempotency_record(
-    conn: asyncpg.Connection, source_system: str, key: str, now: datetime
+    conn: Connection, source_system: str, key: str, now: datetime
 ) -> IdempotencyRecord | None:
     row = await conn.fetchrow(
         """SELECT idempotency_key, request_sha256, response_status, response_body, expires_at
@@ -194,7 +195,7 @@ def _idempotency_record(row: asyncpg.Record) -> IdempotencyRecord:
 
 
 async def _insert_rows(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], requested_topic: str
+    conn: Connection, items: Sequence[NewDocument], requested_topic: str
 ) -> set[uuid.UUID]:
     """Rows, first timeline entries and outbox rows in ONE statement: one round trip.
 
@@ -254,7 +255,7 @@ async def _insert_rows(
 
 
 async def _existing_ids(
-    conn: asyncpg.Connection, items: Sequence[NewDocument]
+    conn: Connection, items: Sequence[NewDocument]
 ) -> dict[tuple[str, str], uuid.UUID]:
     rows = await conn.fetch(
         """SELECT d.source_system, d.client_reference, d.id
@@ -312,7 +313,7 @@ def _document(row: asyncpg.Record, timeline: list[domain.TimelineEntry] | None) 
 
 
 async def get(
-    conn: asyncpg.Connection, document_id: uuid.UUID, source_system: str | None
+    conn: Connection, document_id: uuid.UUID, source_system: str | None
 ) -> domain.Document | None:
     """One document with its timeline; ``source_system=None`` is the admin's view."""
     row = await conn.fetchrow(
@@ -357,7 +358,7 @@ class ListFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def list_page(
-    conn: asyncpg.Connection, where: ListFilter, after: Cursor | None, limit: int
+    conn: Connection, where: ListFilter, after: Cursor | None, limit: int
 ) -> tuple[list[domain.Document], Cursor | None]:
     """A page of documents, newest first, and the cursor of the next page (None at the end)."""
     rows = await conn.fetch(
@@ -394,7 +395,7 @@ class CancelResult(msgspec.Struct, frozen=True):
 
 
 async def cancel(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_id: uuid.UUID,
     source_system: str | None,
     actor: str,
@@ -463,6 +464,6 @@ async def cancel(
     return CancelResult(domain.Status.CANCELLED, True)
 
 
-async def purge_expired_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:
+async def purge_expired_idempotency_keys(conn: Connection, now: datetime) -> int:
     result: str = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", now)
     return int(result.split()[-1])

@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 
 _encode = msgspec.json.encode
 
@@ -36,7 +37,7 @@ class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def append_timeline(
-    conn: asyncpg.Connection, entries: Sequence[TimelineEntry], actor: str, at: datetime
+    conn: Connection, entries: Sequence[TimelineEntry], actor: str, at: datetime
 ) -> None:
     if not entries:
         return
@@ -54,9 +55,7 @@ async def append_timeline(
     )
 
 
-async def append_outbox(
-    conn: asyncpg.Connection, events: Sequence[OutboxEvent], at: datetime
-) -> None:
+async def append_outbox(conn: Connection, events: Sequence[OutboxEvent], at: datetime) -> None:
     if not events:
         return
     await conn.execute(
@@ -116,7 +115,7 @@ def requested_from_row(row: asyncpg.Record) -> domain.DocumentRequested:
 
 
 async def record_failures(
-    conn: asyncpg.Connection,
+    conn: Connection,
     rows: Sequence[asyncpg.Record],
     errors: dict[uuid.UUID, domain.DocumentError],
     from_status: domain.Status,
@@ -159,7 +158,7 @@ async def record_failures(
 
 
 async def note_all(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_ids: Sequence[uuid.UUID],
     status: domain.Status,
     detail: dict[str, Any],

@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
 from oms.store.documents import Topics
 
@@ -29,7 +30,7 @@ class JobToPoll(msgspec.Struct, frozen=True):
     priority: domain.Priority
 
 
-async def due_jobs(conn: asyncpg.Connection, due_before: datetime, limit: int) -> list[JobToPoll]:
+async def due_jobs(conn: Connection, due_before: datetime, limit: int) -> list[JobToPoll]:
     """Unfinished jobs whose next poll is at or before ``due_before``, most overdue first."""
     rows = await conn.fetch(
         """SELECT b.id, b.job_id, b.submitted_at, b.polls,
@@ -54,7 +55,7 @@ async def due_jobs(conn: asyncpg.Connection, due_before: datetime, limit: int) -
 
 
 async def record_poll(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, next_poll_at: datetime
+    conn: Connection, batch_id: uuid.UUID, status: str, next_poll_at: datetime
 ) -> None:
     """A poll happened: other processes and the sweeper see the job is being watched."""
     await conn.execute(
@@ -84,7 +85,7 @@ class Settled(msgspec.Struct, frozen=True):
 
 
 async def settle(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     job_id: str,
     job_status: str,
@@ -137,7 +138,7 @@ async def settle(
     return [Settled(r["id"], domain.Status(r["status"]), r["created_at"]) for r in rows]
 
 
-async def submitted_documents(conn: asyncpg.Connection, job_id: str) -> list[uuid.UUID]:
+async def submitted_documents(conn: Connection, job_id: str) -> list[uuid.UUID]:
     rows = await conn.fetch(
         "SELECT id FROM documents WHERE thunderhead_job_id = $1 AND status = 'SUBMITTED'", job_id
     )

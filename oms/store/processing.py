@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
 from oms.store.documents import Topics
 
@@ -51,7 +51,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_id: uuid.UUID,
     lease_token: str,
     lease: timedelta,
@@ -129,9 +129,7 @@ async def claim(
     )
 
 
-async def release(
-    conn: asyncpg.Connection, document_id: uuid.UUID, lease: str, now: datetime
-) -> None:
+async def release(conn: Connection, document_id: uuid.UUID, lease: str, now: datetime) -> None:
     """Give the lease back without counting an attempt: the document is due again now."""
     await conn.execute(
         """UPDATE documents SET lease_owner = NULL, lease_expires_at = NULL,
@@ -144,7 +142,7 @@ async def release(
 
 
 async def start_batch(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     batch_config_res_id: str,
     enrichments: dict[uuid.UUID, bytes],
@@ -197,7 +195,7 @@ class SubmittedDocument(msgspec.Struct, frozen=True):
 
 
 async def mark_submitted(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     job_id: str,
     document_ids: Sequence[uuid.UUID],
@@ -295,7 +293,7 @@ class Retry(msgspec.Struct, frozen=True):
 
 
 async def retry_or_exhaust(
-    conn: asyncpg.Connection,
+    conn: Connection,
     leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
     delays: dict[uuid.UUID, timedelta],
@@ -396,7 +394,7 @@ async def retry_or_exhaust(
 
 
 async def fail(
-    conn: asyncpg.Connection,
+    conn: Connection,
     leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
     topics: Topics,
@@ -427,9 +425,7 @@ async def fail(
     return [r["id"] for r in rows]
 
 
-async def close_batch(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, now: datetime
-) -> bool:
+async def close_batch(conn: Connection, batch_id: uuid.UUID, status: str, now: datetime) -> bool:
     """A batch that never became a job: ABANDONED (a transient refusal: send again),
     REJECTED (refused for good) or SPLIT (sent again in halves).
 
@@ -446,9 +442,7 @@ async def close_batch(
     return not result.endswith(" 0")
 
 
-async def extend_leases(
-    conn: asyncpg.Connection, leases: dict[uuid.UUID, str], until: datetime
-) -> None:
+async def extend_leases(conn: Connection, leases: dict[uuid.UUID, str], until: datetime) -> None:
     """Keep these claims over a longer piece of work (a batch sent again in parts)."""
     await conn.execute(
         """UPDATE documents d SET lease_expires_at = $3
@@ -461,7 +455,7 @@ async def extend_leases(
 
 
 async def park_for_reconciliation(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     error: domain.DocumentError,
     reconcile_at: datetime,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
 from oms.store.documents import Topics
 
@@ -36,7 +36,7 @@ class Reconciling(msgspec.Struct, frozen=True):
 
 
 async def take_due(
-    conn: asyncpg.Connection, owner: str, hold: timedelta, now: datetime, limit: int
+    conn: Connection, owner: str, hold: timedelta, now: datetime, limit: int
 ) -> list[Reconciling]:
     """Take up to ``limit`` due batches for ``hold`` (skipping those another holds)."""
     rows = await conn.fetch(
@@ -71,7 +71,7 @@ async def take_due(
 
 
 async def again_at(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     owner: str,
     when: datetime,
@@ -101,7 +101,7 @@ async def again_at(
 
 
 async def send_again(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, owner: str, reason: str, now: datetime
+    conn: Connection, batch_id: uuid.UUID, owner: str, reason: str, now: datetime
 ) -> list[domain.DocumentRequested]:
     """Thunderhead does not have the batch: close it, make its documents due now.
 
@@ -143,7 +143,7 @@ async def send_again(
 
 
 async def fail(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     owner: str,
     error: domain.DocumentError,
@@ -187,7 +187,7 @@ async def fail(
     return [r["id"] for r in rows]
 
 
-async def release_strays(conn: asyncpg.Connection, now: datetime) -> int:
+async def release_strays(conn: Connection, now: datetime) -> int:
     """Parked documents whose batch is no longer RECONCILING are due again.
 
     A safety net: every path that settles a batch moves its documents on in the
