@@ -44,7 +44,7 @@ from oms.kafka.broker import EmbeddedBroker, ensure_topics
 from oms.refdata import RefDataClient
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
-from oms.store import api_keys, documents
+from oms.store import api_keys, idempotency, journal
 from oms.thunderhead import ThunderheadClient
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ async def run(
             settings.events,
             embedded=not settings.kafka.bootstrap_servers,
         )
-        topics = documents.Topics(
-            requested=settings.events.topic_requested,
-            submitted=settings.events.topic_submitted,
-            status=settings.events.topic_status,
-        )
+        topics = journal.Topics.from_settings(settings.events)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         events_mode = settings.pipeline.mode == "events"
         requested = bus.PriorityMailbox[domain.DocumentRequested](
@@ -405,7 +401,7 @@ async def _purge_idempotency_keys(pool: asyncpg.Pool, settings: config.IntakeSet
         await anyio.sleep(settings.idempotency_purge_interval_s)
         try:
             async with pool.acquire() as conn:
-                removed = await documents.purge_expired_idempotency_keys(conn, datetime.now(UTC))
+                removed = await idempotency.purge_expired(conn, datetime.now(UTC))
             if removed:
                 logger.info("expired idempotency keys purged", extra={"count": removed})
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:

@@ -24,7 +24,7 @@ from anyio.abc import TaskStatus
 
 from oms import bus, config, domain, exceptions, metrics
 from oms.store import monitoring as store
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 from oms.thunderhead import JobStatus, ThunderheadClient
 from oms.thunderhead.types import messages
 

@@ -39,8 +39,9 @@ from oms.actors.batcher import Batcher
 from oms.actors.delay import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS
 from oms.refdata import RefDataClient
+from oms.store import batches
 from oms.store import processing as store
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 from oms.thunderhead import ThunderheadClient, Transaction
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class ProcessingStage:
         batch_id = domain.uuid7()
         now = _now()
         async with self._db.acquire() as conn:
-            held = await store.start_batch(
+            held = await batches.start_batch(
                 conn,
                 batch_id,
                 str(batch_config_res_id),
@@ -341,7 +342,7 @@ class ProcessingStage:
         """
         error = domain.DocumentError(reason="thunderhead_outcome_unknown", detail=reason)
         async with self._db.acquire() as conn:
-            parked = await store.park_for_reconciliation(conn, batch_id, error, _now(), _now())
+            parked = await batches.park_for_reconciliation(conn, batch_id, error, _now(), _now())
         metrics.PROCESSING_OUTCOMES.labels("reconciling").inc(parked)
         self._reconcile_soon()
         return parked
@@ -355,7 +356,7 @@ class ProcessingStage:
         reconciled: bool = False,
     ) -> None:
         async with self._db.acquire() as conn:
-            events = await store.mark_submitted(
+            events = await batches.mark_submitted(
                 conn, batch_id, job_id, document_ids, self._topics, _now(), reconciled=reconciled
             )
         metrics.PROCESSING_OUTCOMES.labels("submitted").inc(len(events))
@@ -420,7 +421,7 @@ class ProcessingStage:
 
     async def _close_batch(self, batch_id: uuid.UUID, status: str) -> bool:
         async with self._db.acquire() as conn:
-            closed = await store.close_batch(conn, batch_id, status, _now())
+            closed = await batches.close_batch(conn, batch_id, status, _now())
         if not closed:
             logger.warning(
                 "a send ended after its batch was handed to reconciliation; it decides",

@@ -39,8 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,10 +50,12 @@ from aiokafka import errors as kafka_errors
 from anyio.abc import TaskStatus
 
 from oms import config, exceptions, metrics
+from oms.actors import relay_round
+from oms.actors.delay import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS, Connection
 from oms.kafka import broker, cloudevents
 from oms.kafka import producer as kafka_producer
-from oms.store import outbox
+from oms.store import journal, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -65,32 +65,6 @@ _ACQUIRE_TIMEOUT_S = 10.0
 _CLOSE_DEADLINE_S = 5.0
 _BACKLOG_REFRESH_S = 1.0
 _IDLE_PROBE_S = 10.0  # an idle leader checks Kafka this often, for readiness
-
-
-class _Round:
-    """What happened to one batch: delivered rows, rows that failed, Kafka's failure."""
-
-    def __init__(self) -> None:
-        self.delivered: list[outbox.OutboxRow] = []
-        self.failed: list[tuple[outbox.OutboxRow, str, str]] = []  # row, kind, error
-        self.kafka_error: str | None = None
-        self._first_failed: dict[str, int] = {}  # message key -> id of its first failed row
-
-    def blocked(self, row: outbox.OutboxRow) -> bool:
-        return row.id > self._first_failed.get(row.message_key, math.inf)
-
-    def fail(self, row: outbox.OutboxRow, kind: str | None, error: str) -> None:
-        """A row did not go out: charge it (``kind``) or not (Kafka's fault: ``None``)."""
-        key = row.message_key
-        self._first_failed[key] = min(self._first_failed.get(key, row.id), row.id)
-        if kind is not None:
-            self.failed.append((row, kind, error))
-        elif self.kafka_error is None:
-            self.kafka_error = error
-
-    def publishable(self) -> list[outbox.OutboxRow]:
-        """Delivered rows not preceded by a failed row of their key."""
-        return [row for row in self.delivered if not self.blocked(row)]
 
 
 class OutboxRelay:
@@ -208,7 +182,7 @@ class OutboxRelay:
                 await self._refresh_backlog(conn)
                 next_backlog = time.monotonic() + _BACKLOG_REFRESH_S
             if self._producer is None and not await self._connect():
-                await self._sleep(self._kafka_backoff())
+                await self._sleep(self._backoff(self._kafka_failures))
                 continue
             self._wake = anyio.Event()  # a poke from now on ends the idle wait below
             rows = await outbox.fetch_due(conn, self._settings.batch_size, _now())
@@ -218,7 +192,7 @@ class OutboxRelay:
                 if result.kafka_error is not None:
                     self._kafka_failed(result.kafka_error)
                     await self._close_producer()
-                    await self._sleep(self._kafka_backoff())
+                    await self._sleep(self._backoff(self._kafka_failures))
                     continue
                 self._kafka_ok()
                 if len(rows) == self._settings.batch_size:
@@ -232,15 +206,10 @@ class OutboxRelay:
         """A fresh, started producer (embedded: after creating the topics), or False."""
         timeout_s = self._kafka.request_timeout_s
         if self._embedded:
-            topics = [
-                self._events.topic_requested,
-                self._events.topic_submitted,
-                self._events.topic_status,
-            ]
             try:
                 await broker.ensure_topics(
                     kafka_producer.bootstrap_servers(self._kafka),
-                    topics,
+                    journal.Topics.from_settings(self._events).names(),
                     self._kafka.topic_partitions,
                     self._kafka.topic_replication_factor,
                     timeout_s=timeout_s,
@@ -278,10 +247,10 @@ class OutboxRelay:
             return
         self._kafka_ok()
 
-    async def _publish(self, rows: Sequence[outbox.OutboxRow]) -> _Round:
+    async def _publish(self, rows: Sequence[outbox.OutboxRow]) -> relay_round.Round:
         """Send every row (in id order), await the deliveries, sort out what failed."""
         assert self._producer is not None
-        result = _Round()
+        result = relay_round.Round()
         in_flight: list[tuple[outbox.OutboxRow, asyncio.Future[object]]] = []
         refused_topics: dict[str, str] = {}
         for row in rows:
@@ -290,7 +259,7 @@ class OutboxRelay:
             if row.topic in refused_topics:
                 result.fail(row, kafka_producer.TOPIC_REFUSED, refused_topics[row.topic])
                 continue
-            record = cloudevents.to_record(row, self._events.source)
+            record = cloudevents.to_record(relay_round.cloud_event(row), self._events.source)
             try:
                 future = await self._producer.send(
                     record.topic, record.value, key=record.key, headers=record.headers
@@ -333,13 +302,11 @@ class OutboxRelay:
             return False  # Kafka is the problem, not the topic
         return topic not in cluster.topics()
 
-    async def _settle(self, conn: Connection, result: _Round) -> None:
+    async def _settle(self, conn: Connection, result: relay_round.Round) -> None:
         """Record the round in one transaction: published rows, charged rows."""
         now = _now()
         published = result.publishable()
-        by_error: dict[tuple[str, str], list[outbox.OutboxRow]] = {}
-        for row, kind, error in result.failed:
-            by_error.setdefault((kind, error), []).append(row)
+        by_error = result.failed_by_error()
         dead: list[int] = []
         async with conn.transaction():
             await outbox.mark_published(conn, [row.id for row in published], now)
@@ -350,7 +317,7 @@ class OutboxRelay:
                     f"{kind}: {error}",
                     now,
                     self._settings.max_attempts,
-                    self._row_backoff,
+                    self._backoff,
                 )
         for row in published:
             metrics.OUTBOX_PUBLISHED.labels(row.topic).inc()
@@ -389,17 +356,11 @@ class OutboxRelay:
         self._kafka_failures = 0
         self.last_error = None
 
-    def _kafka_backoff(self) -> float:
-        return self._backoff(self._kafka_failures)
-
-    def _row_backoff(self, attempts: int) -> float:
-        return self._backoff(attempts)
-
     def _backoff(self, failures: int) -> float:
-        """Exponential from ``backoff_base_s``, capped, with jitter in its upper half."""
+        """After ``failures`` in a row (Kafka's, or one row's): ``backoff_base_s`` doubled
+        from the second on, capped at ``backoff_max_s``, jittered."""
         s = self._settings
-        delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** max(failures - 1, 0))
-        return delay * random.uniform(0.5, 1.0)
+        return jittered_backoff(s.backoff_base_s, max(failures - 1, 0), s.backoff_max_s)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ import msgspec
 from oms import domain
 from oms.db.pool import Connection
 from oms.store import journal
-from oms.store.documents import Topics
 
 ACTOR = "monitoring"
 
@@ -90,7 +89,7 @@ async def settle(
     job_id: str,
     job_status: str,
     outcomes: Sequence[Outcome],
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> list[Settled]:
     """SUBMITTED → COMPLETED/FAILED for a finished job, with timeline and Event Hub rows."""
@@ -118,16 +117,16 @@ async def settle(
             outcome = by_id[r["id"]]
             status = domain.Status(r["status"])
             entries.append(
-                journal.TimelineEntry(
+                journal.TimelineRow(
                     r["id"],
                     domain.Status.SUBMITTED,
                     status,
                     _timeline_detail(job_id, outcome),
                 )
             )
-            events.append(_status_event(r, outcome, job_id, topics))
+            events.append(_status_event(r, outcome, job_id))
         await journal.append_timeline(conn, entries, ACTOR, now)
-        await journal.append_outbox(conn, events, now)
+        await journal.append_outbox(conn, events, topics, now)
         await conn.execute(
             """UPDATE thunderhead_batches SET status = $2, finished_at = $3, polls = polls + 1
                WHERE id = $1 AND finished_at IS NULL""",
@@ -156,31 +155,18 @@ def _timeline_detail(job_id: str, outcome: Outcome) -> dict[str, Any]:
     return detail
 
 
-def _status_event(
-    row: asyncpg.Record, outcome: Outcome, job_id: str, topics: Topics
-) -> journal.OutboxEvent:
+def _status_event(row: asyncpg.Record, outcome: Outcome, job_id: str) -> journal.OutboxEvent:
     if not outcome.completed:
-        error = outcome.error or domain.DocumentError(reason="generation_failed")
         return journal.failed_event(
-            row["id"],
-            row["source_system"],
-            row["client_reference"],
-            row["trace_id"],
-            error,
-            topics.status,
+            row, outcome.error or domain.DocumentError(reason="generation_failed")
         )
     outputs = (outcome.result or {}).get("outputs", [])
-    return journal.OutboxEvent(
-        topic=topics.status,
+    completed = domain.DocumentCompleted(
         document_id=row["id"],
-        event_type="oms.document.completed",
-        payload=domain.DocumentCompleted(
-            document_id=row["id"],
-            source_system=row["source_system"],
-            client_reference=row["client_reference"],
-            status="COMPLETED",
-            job_id=job_id,
-            outputs=msgspec.convert(outputs, list[domain.Output]),
-        ),
-        trace_id=row["trace_id"],
+        source_system=row["source_system"],
+        client_reference=row["client_reference"],
+        status="COMPLETED",
+        job_id=job_id,
+        outputs=msgspec.convert(outputs, list[domain.Output]),
     )
+    return journal.OutboxEvent(completed, row["trace_id"])

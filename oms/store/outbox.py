@@ -56,7 +56,9 @@ class DeadRow(msgspec.Struct, frozen=True, kw_only=True):
     dead_at: datetime
 
 
-class Backlog(NamedTuple):
+class OutboxBacklog(NamedTuple):
+    """How far behind the relay is (the admin API answers with its own ``Backlog``)."""
+
     unpublished: int
     oldest_age_s: float  # 0.0 when nothing is waiting
     dead: int
@@ -150,7 +152,7 @@ async def republish(conn: Connection, outbox_id: int) -> bool:
     return found is not None
 
 
-async def backlog(conn: Connection) -> Backlog:
+async def backlog(conn: Connection) -> OutboxBacklog:
     """Waiting rows, the age of the oldest (by id, on the database clock), dead rows."""
     record = await conn.fetchrow(
         """SELECT
@@ -161,7 +163,7 @@ async def backlog(conn: Connection) -> Backlog:
              (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead"""
     )
     assert record is not None
-    return Backlog(record["unpublished"], max(record["age"] or 0.0, 0.0), record["dead"])
+    return OutboxBacklog(record["unpublished"], max(record["age"] or 0.0, 0.0), record["dead"])
 
 
 async def list_dead(conn: Connection, limit: int, after_id: int | None = None) -> list[DeadRow]:

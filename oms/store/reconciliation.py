@@ -1,7 +1,7 @@
 """Batches whose submission outcome is unknown, decided one batch at a time.
 
 A batch is one Thunderhead job or nothing, so one answer settles all its documents:
-adopt the job Thunderhead has (``processing.mark_submitted``), send the documents
+adopt the job Thunderhead has (``batches.mark_submitted``), send the documents
 again (Thunderhead does not have it and no send can still be on its way), or fail
 them when Thunderhead could not tell in time. A batch is worked on by one
 reconciler at a time: a short lease on the batch row (``reconcile_owner``), taken
@@ -18,7 +18,6 @@ import msgspec
 from oms import domain
 from oms.db.pool import Connection
 from oms.store import journal
-from oms.store.documents import Topics
 
 ACTOR = "reconciliation"
 
@@ -147,7 +146,7 @@ async def fail(
     batch_id: uuid.UUID,
     owner: str,
     error: domain.DocumentError,
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> list[uuid.UUID]:
     """Thunderhead could not say in time whether it has the batch: FAILED, all of it."""
@@ -180,7 +179,7 @@ async def fail(
             {r["id"]: error for r in rows},
             domain.Status.PROCESSING,
             ACTOR,
-            topics.status,
+            topics,
             now,
             batch_id=str(batch_id),
         )

@@ -57,7 +57,7 @@ async def note_recoveries(conn: Connection, found: Sequence[Found], now: datetim
     await journal.append_timeline(
         conn,
         [
-            journal.TimelineEntry(
+            journal.TimelineRow(
                 f.event.document_id, f.status, f.status, {"event": "recovered", "reason": f.reason}
             )
             for f in found
