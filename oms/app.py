@@ -49,7 +49,7 @@ from oms.lifecycle import Declared, Policy
 from oms.refdata import RefDataClient
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
-from oms.store import api_keys, documents
+from oms.store import api_keys, journal
 from oms.thunderhead import ThunderheadClient
 
 logger = logging.getLogger(__name__)
@@ -147,11 +147,7 @@ def _components(
     """
     pool, processing_s, monitoring_s = outside.pool, settings.processing, settings.monitoring
     events_mode = settings.pipeline.mode == "events"
-    topics = documents.Topics(
-        requested=settings.events.topic_requested,
-        submitted=settings.events.topic_submitted,
-        status=settings.events.topic_status,
-    )
+    topics = journal.Topics.from_settings(settings.events)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     relay = OutboxRelay(
@@ -211,7 +207,7 @@ def _components(
         "monitoring",
         polls,
         monitoring.poll,
-        _pool_settings(monitoring_s.actors, processing_s),
+        _pool_settings(monitoring_s.actors, monitoring_s),
         message_id=lambda job: job.job_id,
     )
     if processing_s.start_paused:
@@ -227,7 +223,7 @@ def _components(
     components = [
         Declared(relay, Policy.RESTART, drain_s) if settings.relay.enabled else None,
         Declared(IdempotencyKeyPurge(pool, settings.intake), Policy.RESTART),
-        Declared(monitoring_pool, Policy.STOP, drain_s),
+        Declared(monitoring_pool, Policy.STOP, monitoring_s.drain_deadline_s),
         Declared(submitter, Policy.STOP, drain_s),
         Declared(processing_pool, Policy.STOP, drain_s),
         Declared(Sweeper(pool, settings, requested_box, monitoring), Policy.RESTART),
@@ -262,7 +258,7 @@ def _web_app(
     return app
 
 
-def _pool_settings(size: int, settings: config.ProcessingSettings) -> PoolSettings:
+def _pool_settings(size: int, settings: config.PoolSection) -> PoolSettings:
     return PoolSettings(
         size=size,
         restart_backoff_s=settings.restart_backoff_s,

@@ -42,7 +42,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class _PoolSection(_Section, frozen=True):
+class PoolSection(_Section, frozen=True):
     """An actor pool's supervision: replacing a crashed actor, waiting at shutdown."""
 
     restart_backoff_s: NonNegative = 0.5
@@ -88,7 +88,7 @@ class RefDataSettings(_Section, frozen=True):
     revalidate_window_s: NonNegative = 600.0
 
 
-class ProcessingSettings(_PoolSection, frozen=True):
+class ProcessingSettings(PoolSection, frozen=True):
     start_paused: bool = False
     actors: Count = 8
     mailbox_capacity: Count = 10_000
@@ -165,7 +165,7 @@ class PipelineSettings(_Section, frozen=True):
     scheduled_monitoring_interval_s: Positive = 2.0
 
 
-class MonitoringSettings(_PoolSection, frozen=True):
+class MonitoringSettings(PoolSection, frozen=True):
     actors: Count = 4
     mailbox_capacity: Count = 100_000
     poll_initial_s: Positive = 1.0

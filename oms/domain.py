@@ -263,6 +263,20 @@ class DocumentCancelled(msgspec.Struct, frozen=True, tag="oms.document.cancelled
     cancelled_by: str
 
 
+Event = (
+    DocumentRequested | DocumentSubmitted | DocumentCompleted | DocumentFailed | DocumentCancelled
+)
+"""Everything OMS announces: each event names itself by its tag (its CloudEvents ``type``)."""
+
+
+def event_type(event: Event | type[Event]) -> str:
+    """``oms.document.requested`` and so on: the event Struct's tag, said nowhere else."""
+    cls = event if isinstance(event, type) else type(event)
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
 def uuid7() -> uuid.UUID:
     """A UUIDv7 (RFC 9562): millisecond time prefix, then randomness."""
     millis = time.time_ns() // 1_000_000

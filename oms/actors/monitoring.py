@@ -20,7 +20,7 @@ from oms import config, domain, exceptions, metrics
 from oms.actors.mailbox import PriorityMailbox
 from oms.actors.schedule import DueSchedule
 from oms.store import monitoring as store
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 from oms.thunderhead import JobStatus, ThunderheadClient
 from oms.thunderhead.types import messages
 

@@ -33,9 +33,9 @@ from oms.actors.handoff import Handoff
 from oms.backoff import jittered_backoff
 from oms.db.pool import CONNECTION_ERRORS
 from oms.lifecycle import Component
-from oms.store import processing as processing_store
+from oms.store import batches
 from oms.store import reconciliation as store
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 from oms.thunderhead import JobRef, ThunderheadClient
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Reconciler(Component):
         job = _the_batch_job(jobs, str(batch.batch_id))
         if job is not None:
             async with self._db.acquire() as conn:
-                events = await processing_store.mark_submitted(
+                events = await batches.mark_submitted(
                     conn, batch.batch_id, job.job_id, [], self._topics, _now(), reconciled=True
                 )
             metrics.RECONCILIATIONS.labels("adopted").inc()

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,11 +51,13 @@ from aiokafka import errors as kafka_errors
 from anyio.abc import TaskStatus
 
 from oms import config, exceptions, metrics
-from oms.db.pool import CONNECTION_ERRORS
+from oms.actors import relay_round
+from oms.backoff import jittered_backoff
+from oms.db.pool import CONNECTION_ERRORS, Connection
 from oms.kafka import broker, cloudevents
 from oms.kafka import producer as kafka_producer
 from oms.lifecycle import Component
-from oms.store import outbox
+from oms.store import journal, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -66,32 +67,6 @@ _ACQUIRE_TIMEOUT_S = 10.0
 _CLOSE_DEADLINE_S = 5.0
 _BACKLOG_REFRESH_S = 1.0
 _IDLE_PROBE_S = 10.0  # an idle leader checks Kafka this often, for readiness
-
-
-class _Round:
-    """What happened to one batch: delivered rows, rows that failed, Kafka's failure."""
-
-    def __init__(self) -> None:
-        self.delivered: list[outbox.OutboxRow] = []
-        self.failed: list[tuple[outbox.OutboxRow, str, str]] = []  # row, kind, error
-        self.kafka_error: str | None = None
-        self._first_failed: dict[str, int] = {}  # message key -> id of its first failed row
-
-    def blocked(self, row: outbox.OutboxRow) -> bool:
-        return row.id > self._first_failed.get(row.message_key, math.inf)
-
-    def fail(self, row: outbox.OutboxRow, kind: str | None, error: str) -> None:
-        """A row did not go out: charge it (``kind``) or not (Kafka's fault: ``None``)."""
-        key = row.message_key
-        self._first_failed[key] = min(self._first_failed.get(key, row.id), row.id)
-        if kind is not None:
-            self.failed.append((row, kind, error))
-        elif self.kafka_error is None:
-            self.kafka_error = error
-
-    def publishable(self) -> list[outbox.OutboxRow]:
-        """Delivered rows not preceded by a failed row of their key."""
-        return [row for row in self.delivered if not self.blocked(row)]
 
 
 class OutboxRelay(Component):
@@ -191,7 +166,7 @@ class OutboxRelay(Component):
             logger.warning("outbox relay lost the database", extra={"error": self.last_error})
         await self._sleep(self._settings.leader_retry_s)
 
-    async def _step_down(self, conn: asyncpg.Connection) -> None:
+    async def _step_down(self, conn: Connection) -> None:
         was_leader, self._is_leader = self._is_leader, False
         metrics.RELAY_LEADER.set(0)
         self._healthy, self._kafka_failures = True, 0  # a standby does not use Kafka
@@ -205,7 +180,7 @@ class OutboxRelay(Component):
 
     # --- the leader's loop --------------------------------------------------------------
 
-    async def _lead(self, conn: asyncpg.Connection) -> None:
+    async def _lead(self, conn: Connection) -> None:
         assert self._wake is not None
         self._is_leader = True
         metrics.RELAY_LEADER.set(1)
@@ -216,7 +191,7 @@ class OutboxRelay(Component):
                 await self._refresh_backlog(conn)
                 next_backlog = time.monotonic() + _BACKLOG_REFRESH_S
             if self._producer is None and not await self._connect():
-                await self._sleep(self._kafka_backoff())
+                await self._sleep(self._backoff(self._kafka_failures))
                 continue
             self._wake = anyio.Event()  # a poke from now on ends the idle wait below
             rows = await outbox.fetch_due(conn, self._settings.batch_size, _now())
@@ -226,7 +201,7 @@ class OutboxRelay(Component):
                 if result.kafka_error is not None:
                     self._kafka_failed(result.kafka_error)
                     await self._close_producer()
-                    await self._sleep(self._kafka_backoff())
+                    await self._sleep(self._backoff(self._kafka_failures))
                     continue
                 self._kafka_ok()
                 if len(rows) == self._settings.batch_size:
@@ -240,15 +215,10 @@ class OutboxRelay(Component):
         """A fresh, started producer (embedded: after creating the topics), or False."""
         timeout_s = self._kafka.request_timeout_s
         if self._embedded:
-            topics = [
-                self._events.topic_requested,
-                self._events.topic_submitted,
-                self._events.topic_status,
-            ]
             try:
                 await broker.ensure_topics(
                     kafka_producer.bootstrap_servers(self._kafka),
-                    topics,
+                    journal.Topics.from_settings(self._events).names(),
                     self._kafka.topic_partitions,
                     self._kafka.topic_replication_factor,
                     timeout_s=timeout_s,
@@ -286,10 +256,10 @@ class OutboxRelay(Component):
             return
         self._kafka_ok()
 
-    async def _publish(self, rows: Sequence[outbox.OutboxRow]) -> _Round:
+    async def _publish(self, rows: Sequence[outbox.OutboxRow]) -> relay_round.Round:
         """Send every row (in id order), await the deliveries, sort out what failed."""
         assert self._producer is not None
-        result = _Round()
+        result = relay_round.Round()
         in_flight: list[tuple[outbox.OutboxRow, asyncio.Future[object]]] = []
         refused_topics: dict[str, str] = {}
         for row in rows:
@@ -298,7 +268,7 @@ class OutboxRelay(Component):
             if row.topic in refused_topics:
                 result.fail(row, kafka_producer.TOPIC_REFUSED, refused_topics[row.topic])
                 continue
-            record = cloudevents.to_record(row, self._events.source)
+            record = cloudevents.to_record(relay_round.cloud_event(row), self._events.source)
             try:
                 future = await self._producer.send(
                     record.topic, record.value, key=record.key, headers=record.headers
@@ -341,13 +311,11 @@ class OutboxRelay(Component):
             return False  # Kafka is the problem, not the topic
         return topic not in cluster.topics()
 
-    async def _settle(self, conn: asyncpg.Connection, result: _Round) -> None:
+    async def _settle(self, conn: Connection, result: relay_round.Round) -> None:
         """Record the round in one transaction: published rows, charged rows."""
         now = _now()
         published = result.publishable()
-        by_error: dict[tuple[str, str], list[outbox.OutboxRow]] = {}
-        for row, kind, error in result.failed:
-            by_error.setdefault((kind, error), []).append(row)
+        by_error = result.failed_by_error()
         dead: list[int] = []
         async with conn.transaction():
             await outbox.mark_published(conn, [row.id for row in published], now)
@@ -358,7 +326,7 @@ class OutboxRelay(Component):
                     f"{kind}: {error}",
                     now,
                     self._settings.max_attempts,
-                    self._row_backoff,
+                    self._backoff,
                 )
         for row in published:
             metrics.OUTBOX_PUBLISHED.labels(row.topic).inc()
@@ -397,17 +365,11 @@ class OutboxRelay(Component):
         self._kafka_failures = 0
         self.last_error = None
 
-    def _kafka_backoff(self) -> float:
-        return self._backoff(self._kafka_failures)
-
-    def _row_backoff(self, attempts: int) -> float:
-        return self._backoff(attempts)
-
     def _backoff(self, failures: int) -> float:
-        """Exponential from ``backoff_base_s``, capped, with jitter in its upper half."""
+        """After ``failures`` in a row (Kafka's, or one row's): ``backoff_base_s`` doubled
+        from the second on, capped at ``backoff_max_s``, jittered."""
         s = self._settings
-        delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** max(failures - 1, 0))
-        return delay * random.uniform(0.5, 1.0)
+        return jittered_backoff(s.backoff_base_s, max(failures - 1, 0), s.backoff_max_s)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -417,7 +379,7 @@ class OutboxRelay(Component):
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
 
-    async def _refresh_backlog(self, conn: asyncpg.Connection) -> None:
+    async def _refresh_backlog(self, conn: Connection) -> None:
         waiting = await outbox.backlog(conn)
         metrics.OUTBOX_BACKLOG.set(waiting.unpublished)
         metrics.OUTBOX_OLDEST_AGE.set(waiting.oldest_age_s)

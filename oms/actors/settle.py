@@ -23,8 +23,9 @@ from oms import config, domain, metrics
 from oms.actors.handoff import Handoff
 from oms.actors.reconciler import Reconciler
 from oms.backoff import jittered_backoff
+from oms.store import batches
 from oms.store import processing as store
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Settler:
         self, batch_id: uuid.UUID, job_id: str, document_ids: list[uuid.UUID]
     ) -> None:
         async with self._db.acquire() as conn:
-            events = await store.mark_submitted(
+            events = await batches.mark_submitted(
                 conn, batch_id, job_id, document_ids, self._topics, _now()
             )
         metrics.PROCESSING_OUTCOMES.labels("submitted").inc(len(events))
@@ -127,14 +128,14 @@ class Settler:
         """
         error = domain.DocumentError(reason="thunderhead_outcome_unknown", detail=reason)
         async with self._db.acquire() as conn:
-            parked = await store.park_for_reconciliation(conn, batch_id, error, _now(), _now())
+            parked = await batches.park_for_reconciliation(conn, batch_id, error, _now(), _now())
         metrics.PROCESSING_OUTCOMES.labels("reconciling").inc(parked)
         self._reconciler.poke()
         return parked
 
     async def close_batch(self, batch_id: uuid.UUID, status: str) -> bool:
         async with self._db.acquire() as conn:
-            closed = await store.close_batch(conn, batch_id, status, _now())
+            closed = await batches.close_batch(conn, batch_id, status, _now())
         if not closed:
             logger.warning(
                 "a send ended after its batch was handed to reconciliation; it decides",

@@ -35,6 +35,7 @@ from oms import config, domain, exceptions, metrics
 from oms.actors.batcher import Batcher
 from oms.actors.settle import Settler
 from oms.lifecycle import Component
+from oms.store import batches
 from oms.store import processing as store
 from oms.thunderhead import ThunderheadClient, Transaction
 
@@ -149,7 +150,7 @@ class Submitter(Component):
         batch_id = domain.uuid7()
         now = _now()
         async with self._db.acquire() as conn:
-            held = await store.start_batch(
+            held = await batches.start_batch(
                 conn,
                 batch_id,
                 str(batch_config_res_id),

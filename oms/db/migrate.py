@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from oms import exceptions
+from oms.db.pool import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def latest_version() -> int:
     return available()[-1].version
 
 
-async def applied_version(conn: asyncpg.Connection) -> int:
+async def applied_version(conn: Connection) -> int:
     """The newest version applied to this database, 0 for a fresh one."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
@@ -51,7 +52,7 @@ async def applied_version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Connection) -> list[int]:
     """Apply what is missing; return the versions this call applied."""
     applied: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)

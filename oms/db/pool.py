@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+import asyncpg.pool
 import msgspec
 
 from oms import config
+
+Connection: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""What a store function takes: a connection of its own, or one lent by the pool."""
 
 _JSONB_VERSION = b"\x01"
 

@@ -17,7 +17,7 @@ class ReadinessReport(msgspec.Struct, frozen=True):
 
 
 ReadinessProbe = Callable[[], Awaitable[ReadinessReport]]
-READINESS = web.AppKey("readiness", ReadinessProbe)
+READINESS = web.AppKey[ReadinessProbe]("readiness")
 
 
 class Alive(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ from anyio.abc import TaskStatus
 from oms import config
 from oms.db.pool import CONNECTION_ERRORS
 from oms.lifecycle import Component
-from oms.store import documents
+from oms.store import idempotency
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class IdempotencyKeyPurge(Component):
     async def purge_once(self) -> int:
         try:
             async with self._pool.acquire() as conn:
-                removed = await documents.purge_expired_idempotency_keys(conn, datetime.now(UTC))
+                removed = await idempotency.purge_expired(conn, datetime.now(UTC))
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             logger.warning("idempotency key purge failed: %s", exc)
             return 0

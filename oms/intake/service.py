@@ -20,7 +20,7 @@ from oms.actors.handoff import RequestedHandoff
 from oms.intake import validation
 from oms.intake.writer import DocumentWriter
 from oms.refdata import RefDataClient
-from oms.store import documents
+from oms.store import documents, idempotency, journal
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class IntakeService:
         writer: DocumentWriter,
         refdata: RefDataClient,
         settings: config.IntakeSettings,
-        topics: documents.Topics,
+        topics: journal.Topics,
         requested: RequestedHandoff,
     ) -> None:
         self.topics = topics
@@ -82,13 +82,9 @@ class IntakeService:
             earlier = await self._earlier_answer(source_system, idempotency_key)
             if earlier is not None:
                 return _replay_or_reject(earlier, fingerprint)
-            outcome = await self._submit(
+            return await self._submit(
                 source_system, request, trace_id, (idempotency_key, fingerprint)
             )
-            if isinstance(outcome, documents.IdempotencyRecord):
-                # Another process took the key between our read and our write.
-                return _replay_or_reject(outcome, fingerprint)
-            return outcome
         finally:
             self._in_flight.discard(scope)
 
@@ -132,14 +128,16 @@ class IntakeService:
         source_system: str,
         request: domain.DocumentRequest,
         trace_id: str,
-        idempotency: tuple[str, bytes] | None,
-    ) -> domain.Accepted | documents.IdempotencyRecord:
+        key_and_digest: tuple[str, bytes] | None,
+    ) -> domain.Accepted | Replay:
         validation.check_shape(request, self._settings.max_data_bytes)
         await validation.check_references(self._refdata, request)
-        item = self._new_document(source_system, request, trace_id, idempotency)
+        item = self._new_document(source_system, request, trace_id, key_and_digest)
         outcome = await self._write(item)
         if isinstance(outcome, documents.IdempotencyHit):
-            return outcome.record
+            # Another process took the key between our read and our write.
+            assert key_and_digest is not None
+            return _replay_or_reject(outcome.record, key_and_digest[1])
         result = self._accepted_or_error(item, outcome)
         if isinstance(result, exceptions.OmsError):
             raise result
@@ -159,7 +157,7 @@ class IntakeService:
             reservation.release()
             raise
         if isinstance(outcome, documents.Inserted):
-            reservation.put(documents.requested_event(item))
+            reservation.put(outcome.requested)
         else:
             reservation.release()
         return outcome
@@ -169,15 +167,15 @@ class IntakeService:
         source_system: str,
         request: domain.DocumentRequest,
         trace_id: str,
-        idempotency: tuple[str, bytes] | None,
+        key_and_digest: tuple[str, bytes] | None,
     ) -> documents.NewDocument:
         document_id = domain.uuid7()
         now = datetime.now(UTC)
         record = None
-        if idempotency is not None:
-            key, fingerprint = idempotency
+        if key_and_digest is not None:
+            key, fingerprint = key_and_digest
             answer = _accepted(document_id, request, now)
-            record = documents.IdempotencyRecord(
+            record = idempotency.IdempotencyRecord(
                 key=key,
                 request_sha256=fingerprint,
                 response_status=202,
@@ -212,12 +210,10 @@ class IntakeService:
 
     async def _earlier_answer(
         self, source_system: str, key: str
-    ) -> documents.IdempotencyRecord | None:
+    ) -> idempotency.IdempotencyRecord | None:
         # A connection failure here is answered 503 by the HTTP layer, like any other.
         async with self._pool.acquire() as conn:
-            return await documents.find_idempotency_record(
-                conn, source_system, key, datetime.now(UTC)
-            )
+            return await idempotency.find(conn, source_system, key, datetime.now(UTC))
 
 
 def _accepted(
@@ -232,7 +228,7 @@ def _accepted(
     )
 
 
-def _replay_or_reject(record: documents.IdempotencyRecord, fingerprint: bytes) -> Replay:
+def _replay_or_reject(record: idempotency.IdempotencyRecord, fingerprint: bytes) -> Replay:
     if record.request_sha256 != fingerprint:
         raise exceptions.IdempotencyKeyReused()
     return Replay(record.response_status, record.response_body)

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from oms import config, exceptions, metrics
 from oms.db.pool import CONNECTION_ERRORS
 from oms.lifecycle import Component
-from oms.store import documents
+from oms.store import documents, journal
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class DocumentWriter(Component):
     def __init__(
         self,
         pool: asyncpg.Pool,
-        topics: documents.Topics,
+        topics: journal.Topics,
         settings: config.IntakeSettings,
     ) -> None:
         self._pool = pool

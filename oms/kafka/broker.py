@@ -225,7 +225,9 @@ async def ensure_topics(
         with anyio.move_on_after(5, shield=True):
             await admin.close()
     created = []
-    for topic, code, *message in response.topic_errors:
+    # CreateTopicsResponse's fields are made at run time from its schema: unknown to pyright.
+    topic_errors = response.topic_errors  # pyright: ignore[reportAttributeAccessIssue]
+    for topic, code, *message in topic_errors:
         if code == 0:
             created.append(topic)
         elif code != _TOPIC_ALREADY_EXISTS:  # lost a race with another creator: fine

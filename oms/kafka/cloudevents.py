@@ -9,15 +9,27 @@ every event of one document lands on one partition, in order. A W3C
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import NamedTuple
-
-from oms.store.outbox import OutboxRow
 
 SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class CloudEvent(NamedTuple):
+    """One event to send: its CloudEvents attributes, its data, where it goes."""
+
+    id: uuid.UUID
+    type: str
+    subject: str
+    time: datetime
+    data: bytes  # JSON
+    trace_id: str | None
+    topic: str
+    key: str  # the partitioning key: the document id
 
 
 class KafkaRecord(NamedTuple):
@@ -27,21 +39,21 @@ class KafkaRecord(NamedTuple):
     headers: list[tuple[str, bytes]]
 
 
-def to_record(row: OutboxRow, source: str) -> KafkaRecord:
-    """The Kafka record announcing ``row``, ``source`` being OMS's ``ce_source``."""
+def to_record(event: CloudEvent, source: str) -> KafkaRecord:
+    """The Kafka record announcing ``event``, ``source`` being OMS's ``ce_source``."""
     headers = [
         ("ce_specversion", SPEC_VERSION),
-        ("ce_id", str(row.event_id).encode()),
-        ("ce_type", row.event_type.encode()),
+        ("ce_id", str(event.id).encode()),
+        ("ce_type", event.type.encode()),
         ("ce_source", source.encode()),
-        ("ce_time", _rfc3339(row).encode()),
-        ("ce_subject", row.subject.encode()),
+        ("ce_time", _rfc3339(event.time).encode()),
+        ("ce_subject", event.subject.encode()),
         ("content-type", CONTENT_TYPE),
     ]
-    traceparent = _traceparent(row)
+    traceparent = _traceparent(event)
     if traceparent is not None:
         headers.append(("traceparent", traceparent.encode()))
-    return KafkaRecord(row.topic, row.message_key.encode(), row.payload, headers)
+    return KafkaRecord(event.topic, event.key.encode(), event.data, headers)
 
 
 def attributes(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
@@ -49,16 +61,16 @@ def attributes(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
     return {name[3:]: value.decode() for name, value in headers if name.startswith("ce_")}
 
 
-def _rfc3339(row: OutboxRow) -> str:
-    return row.created_at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def _rfc3339(time: datetime) -> str:
+    return time.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _traceparent(row: OutboxRow) -> str | None:
+def _traceparent(event: CloudEvent) -> str | None:
     """``00-<trace id>-<span id>-01``; the span id is derived from the event id."""
-    trace_id = (row.trace_id or "").lower()
+    trace_id = (event.trace_id or "").lower()
     if not _TRACE_ID.match(trace_id) or trace_id == "0" * 32:
         return None
-    span_id = row.event_id.hex[-16:]  # the random tail of a UUIDv7
+    span_id = event.id.hex[-16:]  # the random tail of a UUIDv7
     if span_id == "0" * 16:
         span_id = "0" * 15 + "1"
     return f"00-{trace_id}-{span_id}-01"

@@ -12,8 +12,9 @@ import re
 import secrets
 from typing import Literal
 
-import asyncpg
 import msgspec
+
+from oms.db.pool import Connection
 
 Role = Literal["source", "admin"]
 _KEY_FORMAT = re.compile(r"^oms_([a-z0-9]{1,32})_([A-Za-z0-9_\-]{8,128})$")
@@ -52,7 +53,7 @@ def generate(key_id: str | None = None) -> tuple[str, str]:
     return key_id, f"oms_{key_id}_{secrets.token_urlsafe(24)}"
 
 
-async def fetch(conn: asyncpg.Connection, key_id: str) -> StoredKey | None:
+async def fetch(conn: Connection, key_id: str) -> StoredKey | None:
     row = await conn.fetchrow(
         """SELECT key_id, secret_sha256, source_system, role, active
            FROM api_keys WHERE key_id = $1""",
@@ -68,7 +69,7 @@ async def fetch(conn: asyncpg.Connection, key_id: str) -> StoredKey | None:
 
 
 async def upsert(
-    conn: asyncpg.Connection,
+    conn: Connection,
     api_key: str,
     source_system: str,
     role: Role,
@@ -96,11 +97,11 @@ async def upsert(
     return key_id
 
 
-async def deactivate_demo_keys(conn: asyncpg.Connection) -> int:
+async def deactivate_demo_keys(conn: Connection) -> int:
     result: str = await conn.execute("UPDATE api_keys SET active = false WHERE is_demo AND active")
     return int(result.split()[-1])
 
 
-async def revoke(conn: asyncpg.Connection, key_id: str) -> bool:
+async def revoke(conn: Connection, key_id: str) -> bool:
     result: str = await conn.execute("UPDATE api_keys SET active = false WHERE key_id = $1", key_id)
     return result.split()[-1] != "0"

@@ -10,18 +10,11 @@ import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
+from oms.store import idempotency, journal
+from oms.store.idempotency import IdempotencyRecord
 
-_STATUS_EVENT = "oms.document.cancelled"
-
-
-class IdempotencyRecord(msgspec.Struct, frozen=True):
-    """The stored answer to a request made with an Idempotency-Key."""
-
-    key: str
-    request_sha256: bytes
-    response_status: int
-    response_body: bytes
-    expires_at: datetime
+INTAKE_ACTOR = "intake"
 
 
 class NewDocument(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,14 +28,11 @@ class NewDocument(msgspec.Struct, frozen=True, kw_only=True):
     idempotency: IdempotencyRecord | None = None
 
 
-class Topics(msgspec.Struct, frozen=True):
-    requested: str
-    submitted: str
-    status: str
-
-
 class Inserted(msgspec.Struct, frozen=True):
+    """Stored, with the ``document.requested`` event its outbox row announces."""
+
     document_id: uuid.UUID
+    requested: domain.DocumentRequested
 
 
 class DuplicateReference(msgspec.Struct, frozen=True):
@@ -61,179 +51,89 @@ _encode = msgspec.json.encode
 
 
 async def insert_many(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
+    conn: Connection, items: Sequence[NewDocument], topics: journal.Topics
 ) -> list[InsertOutcome]:
-    """Store many requests atomically: rows, first timeline entries, outbox rows.
+    """Store many requests in one transaction: rows, first timeline rows, outbox rows.
 
-    Each item gets its own outcome; a duplicate or a reused key never aborts the
-    others. Without Idempotency-Keys the write is one statement, atomic and
-    committed on its own: one round trip for the whole group.
+    Each item gets its own outcome, in order; a duplicate or a reused key never
+    aborts the others.
     """
-    if any(item.idempotency is not None for item in items):
-        async with conn.transaction():
-            return await _insert_many(conn, items, topics)
-    return await _insert_many(conn, items, topics)
+    async with conn.transaction():
+        hits = await _claim_keys(conn, items)
+        fresh = [item for item in items if item.id not in hits]
+        inserted = await _insert(conn, fresh, topics)
+        duplicates = await _duplicates(conn, [item for item in fresh if item.id not in inserted])
+    return [hits.get(i.id) or inserted.get(i.id) or duplicates[i.id] for i in items]
 
 
-async def _insert_many(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], topics: Topics
-) -> list[InsertOutcome]:
-    outcomes: list[InsertOutcome | None] = [None] * len(items)
-    candidates = list(range(len(items)))
-
-    keyed = [i for i in candidates if items[i].idempotency is not None]
-    if keyed:
-        claimed = await _claim_idempotency_keys(conn, [items[i] for i in keyed])
-        for i in keyed:
-            record = claimed.get((items[i].source_system, _key(items[i])))
-            if record is not None:
-                outcomes[i] = IdempotencyHit(record)
-        candidates = [i for i in candidates if outcomes[i] is None]
-
-    inserted_ids = await _insert_rows(conn, [items[i] for i in candidates], topics.requested)
-    duplicates = [i for i in candidates if items[i].id not in inserted_ids]
-    if duplicates:
-        existing = await _existing_ids(conn, [items[i] for i in duplicates])
-        for i in duplicates:
-            item = items[i]
-            outcomes[i] = DuplicateReference(
-                existing[(item.source_system, item.request.client_reference)]
-            )
-        # The key was claimed for a request that made no document: release it, so
-        # a retry meets the same duplicate answer rather than a stale replay.
-        released = [items[i] for i in duplicates if items[i].idempotency is not None]
-        if released:
-            await conn.execute(
-                """DELETE FROM idempotency_keys k
-                   USING unnest($1::text[], $2::text[]) AS r(source_system, idempotency_key)
-                   WHERE k.source_system = r.source_system
-                     AND k.idempotency_key = r.idempotency_key""",
-                [d.source_system for d in released],
-                [_key(d) for d in released],
-            )
-    for i in candidates:
-        if outcomes[i] is None:
-            outcomes[i] = Inserted(items[i].id)
-    return [o for o in outcomes if o is not None]
+async def _claim_keys(
+    conn: Connection, items: Sequence[NewDocument]
+) -> dict[uuid.UUID, IdempotencyHit]:
+    """Claim the items' Idempotency-Keys; the items whose key was taken, by id."""
+    claims = _claims(items)
+    taken = await idempotency.claim(conn, list(claims.values()))
+    return {
+        document_id: IdempotencyHit(taken[(c.source_system, c.record.key)])
+        for document_id, c in claims.items()
+        if (c.source_system, c.record.key) in taken
+    }
 
 
-def _key(item: NewDocument) -> str:
-    assert item.idempotency is not None
-    return item.idempotency.key
+def _claims(items: Sequence[NewDocument]) -> dict[uuid.UUID, idempotency.Claim]:
+    return {
+        i.id: idempotency.Claim(i.source_system, i.idempotency, i.id, i.created_at)
+        for i in items
+        if i.idempotency is not None
+    }
 
 
-async def _claim_idempotency_keys(
-    conn: asyncpg.Connection, items: Sequence[NewDocument]
-) -> dict[tuple[str, str], IdempotencyRecord]:
-    """Insert key records; return the earlier records of keys that were taken.
-
-    An expired record is overwritten: after the expiry a key may be used again.
-    """
-    records = [i.idempotency for i in items if i.idempotency is not None]
-    rows = await conn.fetch(
-        """INSERT INTO idempotency_keys AS k (source_system, idempotency_key, request_sha256,
-               response_status, response_body, document_id, created_at, expires_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[],
-                                $5::bytea[], $6::uuid[], $7::timestamptz[], $8::timestamptz[])
-           ON CONFLICT (source_system, idempotency_key) DO UPDATE
-               SET request_sha256 = EXCLUDED.request_sha256,
-                   response_status = EXCLUDED.response_status,
-                   response_body = EXCLUDED.response_body,
-                   document_id = EXCLUDED.document_id,
-                   created_at = EXCLUDED.created_at,
-                   expires_at = EXCLUDED.expires_at
-               WHERE k.expires_at <= EXCLUDED.created_at
-           RETURNING source_system, idempotency_key""",
-        [i.source_system for i in items],
-        [r.key for r in records],
-        [r.request_sha256 for r in records],
-        [r.response_status for r in records],
-        [r.response_body for r in records],
-        [i.id for i in items],
-        [i.created_at for i in items],
-        [r.expires_at for r in records],
-    )
-    won = {(r["source_system"], r["idempotency_key"]) for r in rows}
-    lost = [i for i in items if (i.source_system, _key(i)) not in won]
-    if not lost:
-        return {}
-    earlier = await conn.fetch(
-        """SELECT k.source_system, k.idempotency_key, k.request_sha256, k.response_status,
-                  k.response_body, k.expires_at
-           FROM idempotency_keys k
-           JOIN unnest($1::text[], $2::text[]) AS r(source_system, idempotency_key)
-             ON k.source_system = r.source_system AND k.idempotency_key = r.idempotency_key""",
-        [i.source_system for i in lost],
-        [_key(i) for i in lost],
-    )
-    return {(r["source_system"], r["idempotency_key"]): _idempotency_record(r) for r in earlier}
-
-
-async def find_idempotency_record(
-    conn: asyncpg.Connection, source_system: str, key: str, now: datetime
-) -> IdempotencyRecord | None:
-    row = await conn.fetchrow(
-        """SELECT idempotency_key, request_sha256, response_status, response_body, expires_at
-           FROM idempotency_keys
-           WHERE source_system = $1 AND idempotency_key = $2 AND expires_at > $3""",
-        source_system,
-        key,
-        now,
-    )
-    return None if row is None else _idempotency_record(row)
-
-
-def _idempotency_record(row: asyncpg.Record) -> IdempotencyRecord:
-    return IdempotencyRecord(
-        key=row["idempotency_key"],
-        request_sha256=bytes(row["request_sha256"]),
-        response_status=row["response_status"],
-        response_body=bytes(row["response_body"]),
-        expires_at=row["expires_at"],
-    )
-
-
-async def _insert_rows(
-    conn: asyncpg.Connection, items: Sequence[NewDocument], requested_topic: str
-) -> set[uuid.UUID]:
-    """Rows, first timeline entries and outbox rows in ONE statement: one round trip.
-
-    Only rows actually inserted (no client_reference conflict) get a timeline
-    entry and an event; the sibling CTEs see exactly the ``RETURNING`` set.
-    """
+async def _insert(
+    conn: Connection, items: Sequence[NewDocument], topics: journal.Topics
+) -> dict[uuid.UUID, Inserted]:
+    """Rows (a client_reference already used is skipped), each inserted one's first
+    timeline row and ``document.requested`` outbox row."""
     if not items:
-        return set()
+        return {}
+    ids = await _insert_rows(conn, items)
+    stored = [i for i in items if i.id in ids]
+    inserted = {i.id: Inserted(i.id, _requested(i)) for i in stored}
+    await journal.append_timeline(
+        conn,
+        [journal.TimelineRow(i.id, None, domain.Status.RECEIVED, at=i.created_at) for i in stored],
+        INTAKE_ACTOR,
+        _latest(stored),
+    )
+    await journal.append_outbox(
+        conn,
+        [
+            journal.OutboxEvent(inserted[i.id].requested, i.trace_id, at=i.created_at)
+            for i in stored
+        ],
+        topics,
+        _latest(stored),
+    )
+    return inserted
+
+
+def _latest(items: Sequence[NewDocument]) -> datetime:
+    return max((i.created_at for i in items), default=datetime.min)
+
+
+async def _insert_rows(conn: Connection, items: Sequence[NewDocument]) -> set[uuid.UUID]:
+    """The documents rows, RECEIVED; the ids actually inserted."""
     rows = await conn.fetch(
-        """WITH input AS (
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[],
-                   $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
-                   $11::text[], $12::timestamptz[], $13::uuid[], $14::jsonb[])
-               AS u(id, source_system, client_reference, priority, document_type, channel,
-                    language, brand, recipient, data, trace_id, created_at, event_id, event)
-           ),
-           stored AS (
-               INSERT INTO documents (id, source_system, client_reference, status, priority,
-                   document_type, channel, language, brand, recipient, data, trace_id,
-                   created_at, updated_at)
-               SELECT id, source_system, client_reference, 'RECEIVED', priority, document_type,
-                      channel, language, brand, recipient, data, trace_id, created_at, created_at
-               FROM input
-               ON CONFLICT (source_system, client_reference) DO NOTHING
-               RETURNING id
-           ),
-           timeline AS (
-               INSERT INTO document_timeline (document_id, at, actor, from_status, to_status)
-               SELECT i.id, i.created_at, 'intake', NULL, 'RECEIVED'
-               FROM input i JOIN stored USING (id)
-           ),
-           events AS (
-               INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
-                   trace_id, created_at)
-               SELECT i.event_id, $15, i.id::text, 'oms.document.requested', i.id::text,
-                      i.event, i.trace_id, i.created_at
-               FROM input i JOIN stored USING (id)
-           )
-           SELECT id FROM stored""",
+        """INSERT INTO documents (id, source_system, client_reference, status, priority,
+               document_type, channel, language, brand, recipient, data, trace_id,
+               created_at, updated_at)
+           SELECT id, source_system, client_reference, 'RECEIVED', priority, document_type,
+                  channel, language, brand, recipient, data, trace_id, created_at, created_at
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::jsonb[],
+                       $11::text[], $12::timestamptz[])
+                AS u(id, source_system, client_reference, priority, document_type, channel,
+                     language, brand, recipient, data, trace_id, created_at)
+           ON CONFLICT (source_system, client_reference) DO NOTHING
+           RETURNING id""",
         [i.id for i in items],
         [i.source_system for i in items],
         [i.request.client_reference for i in items],
@@ -246,16 +146,20 @@ async def _insert_rows(
         [bytes(i.request.data) for i in items],
         [i.trace_id for i in items],
         [i.created_at for i in items],
-        [domain.uuid7() for _ in items],
-        [_encode(requested_event(i)) for i in items],
-        requested_topic,
     )
     return {r["id"] for r in rows}
 
 
-async def _existing_ids(
-    conn: asyncpg.Connection, items: Sequence[NewDocument]
-) -> dict[tuple[str, str], uuid.UUID]:
+async def _duplicates(
+    conn: Connection, items: Sequence[NewDocument]
+) -> dict[uuid.UUID, DuplicateReference]:
+    """Items whose client_reference is taken: the document that has it, by item id.
+
+    A key claimed for such a request is released, so a retry meets the same
+    duplicate answer rather than a stale replay.
+    """
+    if not items:
+        return {}
     rows = await conn.fetch(
         """SELECT d.source_system, d.client_reference, d.id
            FROM documents d
@@ -264,10 +168,15 @@ async def _existing_ids(
         [i.source_system for i in items],
         [i.request.client_reference for i in items],
     )
-    return {(r["source_system"], r["client_reference"]): r["id"] for r in rows}
+    existing = {(r["source_system"], r["client_reference"]): r["id"] for r in rows}
+    await idempotency.release(conn, list(_claims(items).values()))
+    return {
+        i.id: DuplicateReference(existing[(i.source_system, i.request.client_reference)])
+        for i in items
+    }
 
 
-def requested_event(item: NewDocument) -> domain.DocumentRequested:
+def _requested(item: NewDocument) -> domain.DocumentRequested:
     return domain.DocumentRequested(
         document_id=item.id,
         source_system=item.source_system,
@@ -312,7 +221,7 @@ def _document(row: asyncpg.Record, timeline: list[domain.TimelineEntry] | None) 
 
 
 async def get(
-    conn: asyncpg.Connection, document_id: uuid.UUID, source_system: str | None
+    conn: Connection, document_id: uuid.UUID, source_system: str | None
 ) -> domain.Document | None:
     """One document with its timeline; ``source_system=None`` is the admin's view."""
     row = await conn.fetchrow(
@@ -357,7 +266,7 @@ class ListFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def list_page(
-    conn: asyncpg.Connection, where: ListFilter, after: Cursor | None, limit: int
+    conn: Connection, where: ListFilter, after: Cursor | None, limit: int
 ) -> tuple[list[domain.Document], Cursor | None]:
     """A page of documents, newest first, and the cursor of the next page (None at the end)."""
     rows = await conn.fetch(
@@ -394,11 +303,11 @@ class CancelResult(msgspec.Struct, frozen=True):
 
 
 async def cancel(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_id: uuid.UUID,
     source_system: str | None,
     actor: str,
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> CancelResult | None:
     """Cancel while Thunderhead does not have the document; None if there is no such document.
@@ -433,13 +342,12 @@ async def cancel(
                 source_system,
             )
             return None if status is None else CancelResult(domain.Status(status), False)
-        await conn.execute(
-            """INSERT INTO document_timeline (document_id, at, actor, from_status, to_status)
-               VALUES ($1, $2, $3, $4, 'CANCELLED')""",
-            document_id,
-            now,
+        from_status = domain.Status(row["from_status"])
+        await journal.append_timeline(
+            conn,
+            [journal.TimelineRow(document_id, from_status, domain.Status.CANCELLED)],
             actor,
-            row["from_status"],
+            now,
         )
         event = domain.DocumentCancelled(
             document_id=document_id,
@@ -448,21 +356,7 @@ async def cancel(
             status="CANCELLED",
             cancelled_by=actor,
         )
-        await conn.execute(
-            """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
-                   trace_id, created_at)
-               VALUES ($1, $2, $3, $4, $3, $5, $6, $7)""",
-            domain.uuid7(),
-            topics.status,
-            str(document_id),
-            _STATUS_EVENT,
-            _encode(event),
-            row["trace_id"],
-            now,
+        await journal.append_outbox(
+            conn, [journal.OutboxEvent(event, row["trace_id"])], topics, now
         )
     return CancelResult(domain.Status.CANCELLED, True)
-
-
-async def purge_expired_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:
-    result: str = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", now)
-    return int(result.split()[-1])

@@ -1,104 +1,133 @@
-"""What every state change writes beside itself: timeline entries and outbox rows.
+"""What every state change writes beside itself: timeline rows and outbox rows.
 
-Both take many rows in one statement, so a batch of documents changing state
-costs one round trip each, inside the caller's transaction.
+Every timeline row is written by ``append_timeline`` and every outbox row by
+``append_outbox``, whoever changes the state (intake, processing, monitoring,
+reconciliation, cancel). Both take many rows in one statement, so a group of
+documents changing state costs one round trip each, inside the caller's
+transaction.
+
+An outbox row names its Kafka topic itself: ``Topics`` routes each event type
+to its topic once, when the row is written, so any relay (of any OMS process)
+can publish any row as it stands.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from oms import domain
+from oms import config, domain
+from oms.db.pool import Connection
 
 _encode = msgspec.json.encode
 
 
-class TimelineEntry(msgspec.Struct, frozen=True):
+class Topics:
+    """Event type → Kafka topic: the one routing table, built once from ``settings.events``."""
+
+    def __init__(self, by_type: Mapping[str, str]) -> None:
+        self._by_type = dict(by_type)
+
+    @classmethod
+    def from_settings(cls, events: config.EventsSettings) -> Topics:
+        return cls(
+            {
+                domain.event_type(domain.DocumentRequested): events.topic_requested,
+                domain.event_type(domain.DocumentSubmitted): events.topic_submitted,
+                domain.event_type(domain.DocumentCompleted): events.topic_status,
+                domain.event_type(domain.DocumentFailed): events.topic_status,
+                domain.event_type(domain.DocumentCancelled): events.topic_status,
+            }
+        )
+
+    def topic_for(self, event: domain.Event) -> str:
+        return self._by_type[domain.event_type(event)]
+
+    def names(self) -> list[str]:
+        """Every topic OMS publishes to, each once."""
+        return sorted(set(self._by_type.values()))
+
+
+class TimelineRow(msgspec.Struct, frozen=True):
+    """One row of a document's timeline, as written (``domain.TimelineEntry`` is as read)."""
+
     document_id: uuid.UUID
     from_status: domain.Status | None
     to_status: domain.Status
     detail: dict[str, Any] | None = None
+    at: datetime | None = None  # None: the time of the whole write
 
 
-class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
-    topic: str
-    document_id: uuid.UUID
-    event_type: str
-    payload: msgspec.Struct
+class OutboxEvent(msgspec.Struct, frozen=True):
+    """An event to announce, with the trace of the request behind it."""
+
+    event: domain.Event
     trace_id: str | None
-    event_id: uuid.UUID = msgspec.field(default_factory=domain.uuid7)
+    at: datetime | None = None  # None: the time of the whole write
 
 
 async def append_timeline(
-    conn: asyncpg.Connection, entries: Sequence[TimelineEntry], actor: str, at: datetime
+    conn: Connection, rows: Sequence[TimelineRow], actor: str, at: datetime
 ) -> None:
-    if not entries:
+    if not rows:
         return
     await conn.execute(
         """INSERT INTO document_timeline (document_id, at, actor, from_status, to_status, detail)
-           SELECT document_id, $1, $2, from_status, to_status, detail
-           FROM unnest($3::uuid[], $4::text[], $5::text[], $6::jsonb[])
-                AS u(document_id, from_status, to_status, detail)""",
-        at,
+           SELECT document_id, at, $1, from_status, to_status, detail
+           FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::jsonb[])
+                AS u(document_id, at, from_status, to_status, detail)""",
         actor,
-        [e.document_id for e in entries],
-        [e.from_status.value if e.from_status else None for e in entries],
-        [e.to_status.value for e in entries],
-        [_encode(e.detail) if e.detail is not None else None for e in entries],
+        [r.document_id for r in rows],
+        [r.at or at for r in rows],
+        [r.from_status.value if r.from_status else None for r in rows],
+        [r.to_status.value for r in rows],
+        [_encode(r.detail) if r.detail is not None else None for r in rows],
     )
 
 
 async def append_outbox(
-    conn: asyncpg.Connection, events: Sequence[OutboxEvent], at: datetime
+    conn: Connection, events: Sequence[OutboxEvent], topics: Topics, at: datetime
 ) -> None:
+    """One row per event: its type from its tag, its topic from ``topics``, keyed by document."""
     if not events:
         return
     await conn.execute(
         """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
                trace_id, created_at)
            SELECT event_id, topic, document_id::text, event_type, document_id::text, payload,
-                  trace_id, $1
-           FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::text[])
-                AS u(event_id, topic, document_id, event_type, payload, trace_id)""",
-        at,
-        [e.event_id for e in events],
-        [e.topic for e in events],
-        [e.document_id for e in events],
-        [e.event_type for e in events],
-        [_encode(e.payload) for e in events],
+                  trace_id, created_at
+           FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[], $6::text[],
+                       $7::timestamptz[])
+                AS u(event_id, topic, document_id, event_type, payload, trace_id, created_at)""",
+        [domain.uuid7() for _ in events],
+        [topics.topic_for(e.event) for e in events],
+        [e.event.document_id for e in events],
+        [domain.event_type(e.event) for e in events],
+        [_encode(e.event) for e in events],
         [e.trace_id for e in events],
+        [e.at or at for e in events],
     )
 
 
-def failed_event(
-    document_id: uuid.UUID,
-    source_system: str,
-    client_reference: str,
-    trace_id: str | None,
-    error: domain.DocumentError,
-    topic: str,
-) -> OutboxEvent:
-    """The Event Hub's ``oms.document.failed`` for one document."""
+def failed_event(row: asyncpg.Record, error: domain.DocumentError) -> OutboxEvent:
+    """``oms.document.failed`` for a document row (id, source_system, client_reference,
+    trace_id)."""
     return OutboxEvent(
-        topic=topic,
-        document_id=document_id,
-        event_type="oms.document.failed",
-        payload=domain.DocumentFailed(
-            document_id=document_id,
-            source_system=source_system,
-            client_reference=client_reference,
+        domain.DocumentFailed(
+            document_id=row["id"],
+            source_system=row["source_system"],
+            client_reference=row["client_reference"],
             status="FAILED",
             reason=error.reason,
             detail=error.detail,
             messages=error.messages,
         ),
-        trace_id=trace_id,
+        row["trace_id"],
     )
 
 
@@ -116,21 +145,21 @@ def requested_from_row(row: asyncpg.Record) -> domain.DocumentRequested:
 
 
 async def record_failures(
-    conn: asyncpg.Connection,
+    conn: Connection,
     rows: Sequence[asyncpg.Record],
     errors: dict[uuid.UUID, domain.DocumentError],
     from_status: domain.Status,
     actor: str,
-    topic: str,
+    topics: Topics,
     now: datetime,
     **detail: Any,
 ) -> None:
-    """Timeline entries and Event Hub ``oms.document.failed`` rows for documents just
+    """Timeline rows and Event Hub ``oms.document.failed`` rows for documents just
     FAILED (``rows`` carry id, source_system, client_reference and trace_id)."""
     await append_timeline(
         conn,
         [
-            TimelineEntry(
+            TimelineRow(
                 r["id"],
                 from_status,
                 domain.Status.FAILED,
@@ -141,25 +170,11 @@ async def record_failures(
         actor,
         now,
     )
-    await append_outbox(
-        conn,
-        [
-            failed_event(
-                r["id"],
-                r["source_system"],
-                r["client_reference"],
-                r["trace_id"],
-                errors[r["id"]],
-                topic,
-            )
-            for r in rows
-        ],
-        now,
-    )
+    await append_outbox(conn, [failed_event(r, errors[r["id"]]) for r in rows], topics, now)
 
 
 async def note_all(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_ids: Sequence[uuid.UUID],
     status: domain.Status,
     detail: dict[str, Any],
@@ -168,5 +183,5 @@ async def note_all(
 ) -> None:
     """The same timeline note (no change of status) on each of these documents."""
     await append_timeline(
-        conn, [TimelineEntry(i, status, status, detail) for i in document_ids], actor, now
+        conn, [TimelineRow(i, status, status, detail) for i in document_ids], actor, now
     )

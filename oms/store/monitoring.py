@@ -15,8 +15,8 @@ import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
-from oms.store.documents import Topics
 
 ACTOR = "monitoring"
 
@@ -29,7 +29,7 @@ class JobToPoll(msgspec.Struct, frozen=True):
     priority: domain.Priority
 
 
-async def due_jobs(conn: asyncpg.Connection, due_before: datetime, limit: int) -> list[JobToPoll]:
+async def due_jobs(conn: Connection, due_before: datetime, limit: int) -> list[JobToPoll]:
     """Unfinished jobs whose next poll is at or before ``due_before``, most overdue first."""
     rows = await conn.fetch(
         """SELECT b.id, b.job_id, b.submitted_at, b.polls,
@@ -54,7 +54,7 @@ async def due_jobs(conn: asyncpg.Connection, due_before: datetime, limit: int) -
 
 
 async def record_poll(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, next_poll_at: datetime
+    conn: Connection, batch_id: uuid.UUID, status: str, next_poll_at: datetime
 ) -> None:
     """A poll happened: other processes and the sweeper see the job is being watched."""
     await conn.execute(
@@ -84,12 +84,12 @@ class Settled(msgspec.Struct, frozen=True):
 
 
 async def settle(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     job_id: str,
     job_status: str,
     outcomes: Sequence[Outcome],
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> list[Settled]:
     """SUBMITTED → COMPLETED/FAILED for a finished job, with timeline and Event Hub rows."""
@@ -117,16 +117,16 @@ async def settle(
             outcome = by_id[r["id"]]
             status = domain.Status(r["status"])
             entries.append(
-                journal.TimelineEntry(
+                journal.TimelineRow(
                     r["id"],
                     domain.Status.SUBMITTED,
                     status,
                     _timeline_detail(job_id, outcome),
                 )
             )
-            events.append(_status_event(r, outcome, job_id, topics))
+            events.append(_status_event(r, outcome, job_id))
         await journal.append_timeline(conn, entries, ACTOR, now)
-        await journal.append_outbox(conn, events, now)
+        await journal.append_outbox(conn, events, topics, now)
         await conn.execute(
             """UPDATE thunderhead_batches SET status = $2, finished_at = $3, polls = polls + 1
                WHERE id = $1 AND finished_at IS NULL""",
@@ -137,7 +137,7 @@ async def settle(
     return [Settled(r["id"], domain.Status(r["status"]), r["created_at"]) for r in rows]
 
 
-async def submitted_documents(conn: asyncpg.Connection, job_id: str) -> list[uuid.UUID]:
+async def submitted_documents(conn: Connection, job_id: str) -> list[uuid.UUID]:
     rows = await conn.fetch(
         "SELECT id FROM documents WHERE thunderhead_job_id = $1 AND status = 'SUBMITTED'", job_id
     )
@@ -155,31 +155,18 @@ def _timeline_detail(job_id: str, outcome: Outcome) -> dict[str, Any]:
     return detail
 
 
-def _status_event(
-    row: asyncpg.Record, outcome: Outcome, job_id: str, topics: Topics
-) -> journal.OutboxEvent:
+def _status_event(row: asyncpg.Record, outcome: Outcome, job_id: str) -> journal.OutboxEvent:
     if not outcome.completed:
-        error = outcome.error or domain.DocumentError(reason="generation_failed")
         return journal.failed_event(
-            row["id"],
-            row["source_system"],
-            row["client_reference"],
-            row["trace_id"],
-            error,
-            topics.status,
+            row, outcome.error or domain.DocumentError(reason="generation_failed")
         )
     outputs = (outcome.result or {}).get("outputs", [])
-    return journal.OutboxEvent(
-        topic=topics.status,
+    completed = domain.DocumentCompleted(
         document_id=row["id"],
-        event_type="oms.document.completed",
-        payload=domain.DocumentCompleted(
-            document_id=row["id"],
-            source_system=row["source_system"],
-            client_reference=row["client_reference"],
-            status="COMPLETED",
-            job_id=job_id,
-            outputs=msgspec.convert(outputs, list[domain.Output]),
-        ),
-        trace_id=row["trace_id"],
+        source_system=row["source_system"],
+        client_reference=row["client_reference"],
+        status="COMPLETED",
+        job_id=job_id,
+        outputs=msgspec.convert(outputs, list[domain.Output]),
     )
+    return journal.OutboxEvent(completed, row["trace_id"])

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-import asyncpg
 import msgspec
+
+from oms.db.pool import Connection
 
 _ERROR_TEXT_MAX = 2_000
 
@@ -55,13 +56,15 @@ class DeadRow(msgspec.Struct, frozen=True, kw_only=True):
     dead_at: datetime
 
 
-class Backlog(NamedTuple):
+class OutboxBacklog(NamedTuple):
+    """How far behind the relay is (the admin API answers with its own ``Backlog``)."""
+
     unpublished: int
     oldest_age_s: float  # 0.0 when nothing is waiting
     dead: int
 
 
-async def fetch_due(conn: asyncpg.Connection, limit: int, now: datetime) -> list[OutboxRow]:
+async def fetch_due(conn: Connection, limit: int, now: datetime) -> list[OutboxRow]:
     """Unpublished, live rows whose retry time (if any) has come, oldest id first."""
     records = await conn.fetch(
         """SELECT id, event_id, topic, message_key, event_type, subject,
@@ -91,7 +94,7 @@ async def fetch_due(conn: asyncpg.Connection, limit: int, now: datetime) -> list
     ]
 
 
-async def mark_published(conn: asyncpg.Connection, ids: Sequence[int], now: datetime) -> int:
+async def mark_published(conn: Connection, ids: Sequence[int], now: datetime) -> int:
     """Mark live rows published in one statement; returns how many it marked."""
     if not ids:
         return 0
@@ -105,7 +108,7 @@ async def mark_published(conn: asyncpg.Connection, ids: Sequence[int], now: date
 
 
 async def record_failure(
-    conn: asyncpg.Connection,
+    conn: Connection,
     rows: Sequence[OutboxRow],
     error: str,
     now: datetime,
@@ -138,7 +141,7 @@ async def record_failure(
     return sorted(r["id"] for r in records if r["dead"])
 
 
-async def republish(conn: asyncpg.Connection, outbox_id: int) -> bool:
+async def republish(conn: Connection, outbox_id: int) -> bool:
     """Make a dead row due again (its last error is kept); False if no such dead row."""
     found = await conn.fetchval(
         """UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = NULL
@@ -149,7 +152,7 @@ async def republish(conn: asyncpg.Connection, outbox_id: int) -> bool:
     return found is not None
 
 
-async def backlog(conn: asyncpg.Connection) -> Backlog:
+async def backlog(conn: Connection) -> OutboxBacklog:
     """Waiting rows, the age of the oldest (by id, on the database clock), dead rows."""
     record = await conn.fetchrow(
         """SELECT
@@ -160,12 +163,10 @@ async def backlog(conn: asyncpg.Connection) -> Backlog:
              (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL) AS dead"""
     )
     assert record is not None
-    return Backlog(record["unpublished"], max(record["age"] or 0.0, 0.0), record["dead"])
+    return OutboxBacklog(record["unpublished"], max(record["age"] or 0.0, 0.0), record["dead"])
 
 
-async def list_dead(
-    conn: asyncpg.Connection, limit: int, after_id: int | None = None
-) -> list[DeadRow]:
+async def list_dead(conn: Connection, limit: int, after_id: int | None = None) -> list[DeadRow]:
     """Dead rows in id order, a keyset page starting after ``after_id``."""
     records = await conn.fetch(
         """SELECT id, event_id, topic, message_key, event_type, attempts, last_error,

@@ -2,26 +2,23 @@
 
 A document is worked on only by the holder of its lease. Every change below
 names the owner in its WHERE clause, so a late or duplicate actor (whose lease
-expired and was taken by another) changes nothing.
+expired and was taken by another) changes nothing. A batch's own bookkeeping
+(recorded, submitted, closed, parked) is ``oms.store.batches``.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
-from oms.store.documents import Topics
 
 ACTOR = "processing"
-logger = logging.getLogger(__name__)
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +48,7 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: Connection,
     document_id: uuid.UUID,
     lease_token: str,
     lease: timedelta,
@@ -91,16 +88,16 @@ async def claim(
             return None
         previous = domain.Status(row["previous_status"])
         if previous is domain.Status.RECEIVED:
-            entry = journal.TimelineEntry(row["id"], previous, domain.Status.PROCESSING)
+            entry = journal.TimelineRow(row["id"], previous, domain.Status.PROCESSING)
         elif row["previous_owner"] is not None:
-            entry = journal.TimelineEntry(
+            entry = journal.TimelineRow(
                 row["id"],
                 previous,
                 domain.Status.PROCESSING,
                 {"event": "lease_expired_recovered", "previous_owner": row["previous_owner"]},
             )
         else:
-            entry = journal.TimelineEntry(
+            entry = journal.TimelineRow(
                 row["id"],
                 previous,
                 domain.Status.PROCESSING,
@@ -129,9 +126,7 @@ async def claim(
     )
 
 
-async def release(
-    conn: asyncpg.Connection, document_id: uuid.UUID, lease: str, now: datetime
-) -> None:
+async def release(conn: Connection, document_id: uuid.UUID, lease: str, now: datetime) -> None:
     """Give the lease back without counting an attempt: the document is due again now."""
     await conn.execute(
         """UPDATE documents SET lease_owner = NULL, lease_expires_at = NULL,
@@ -143,164 +138,18 @@ async def release(
     )
 
 
-async def start_batch(
-    conn: asyncpg.Connection,
-    batch_id: uuid.UUID,
-    batch_config_res_id: str,
-    enrichments: dict[uuid.UUID, bytes],
-    leases: dict[uuid.UUID, str],
-    lease_until: datetime,
-    now: datetime,
-) -> set[tuple[uuid.UUID, str]]:
-    """Record the batch BEFORE it is sent, so a crash after sending can be reconciled.
-
-    Only documents whose lease is still this claim's (and not expired) go in,
-    and their lease is extended to cover the send: nobody else may reconcile
-    or resend them while it may still be on its way.
-    """
-    async with conn.transaction():
-        rows = await conn.fetch(
-            """UPDATE documents d SET batch_id = $1, enrichment = u.enrichment, updated_at = $4,
-                   lease_expires_at = $6
-               FROM unnest($2::uuid[], $3::jsonb[], $5::text[]) AS u(id, enrichment, lease)
-               WHERE d.id = u.id AND d.status = 'PROCESSING' AND d.lease_owner = u.lease
-                 AND d.lease_expires_at > $4
-               RETURNING d.id, d.lease_owner""",
-            batch_id,
-            list(enrichments),
-            list(enrichments.values()),
-            now,
-            [leases[i] for i in enrichments],
-            lease_until,
-        )
-        held = {(r["id"], r["lease_owner"]) for r in rows}
-        if not held:
-            return held
-        await conn.execute(
-            """INSERT INTO thunderhead_batches (id, batch_config_res_id, status, document_count,
-                   created_at)
-               VALUES ($1, $2, 'SUBMITTING', $3, $4)""",
-            batch_id,
-            batch_config_res_id,
-            len(held),
-            now,
-        )
-    return held
-
-
-class SubmittedDocument(msgspec.Struct, frozen=True):
-    id: uuid.UUID
-    source_system: str
-    client_reference: str
-    priority: domain.Priority
-    trace_id: str
-
-
-async def mark_submitted(
-    conn: asyncpg.Connection,
-    batch_id: uuid.UUID,
-    job_id: str,
-    document_ids: Sequence[uuid.UUID],
-    topics: Topics,
-    now: datetime,
-    *,
-    reconciled: bool = False,
-) -> list[domain.DocumentSubmitted]:
-    """PROCESSING → SUBMITTED for the batch's documents, with timeline and outbox rows.
-
-    Not conditional on the lease: Thunderhead HAS the job, so the truth is
-    SUBMITTED whoever holds the lease now — for every document of the batch
-    still PROCESSING (parked ones included), and only while the batch is still
-    waiting for its answer (SUBMITTING or RECONCILING).
-    """
-    async with conn.transaction():
-        taken = await conn.execute(
-            """UPDATE thunderhead_batches SET status = 'PENDING', job_id = $2,
-                   submitted_at = coalesce(submitted_at, $3), next_poll_at = $3,
-                   finished_at = NULL, next_reconcile_at = NULL, reconcile_owner = NULL,
-                   reconcile_until = NULL
-               WHERE id = $1 AND job_id IS NULL AND status IN ('SUBMITTING', 'RECONCILING')""",
-            batch_id,
-            job_id,
-            now,
-        )
-        if taken.endswith(" 0"):
-            known = await conn.fetchval(
-                "SELECT job_id FROM thunderhead_batches WHERE id = $1", batch_id
-            )
-            if known != job_id:
-                # Given up on already (another process decided it): its documents
-                # moved on. Thunderhead has them in this job too: say so loudly.
-                logger.error(
-                    "Thunderhead accepted a batch OMS had already given up on",
-                    extra={"batch_id": str(batch_id), "job_id": job_id},
-                )
-            return []  # else: reconciliation adopted this very job already
-        rows = await conn.fetch(
-            """UPDATE documents SET status = 'SUBMITTED', thunderhead_job_id = $1,
-                   lease_owner = NULL, lease_expires_at = NULL,
-                   next_attempt_at = NULL, last_error = NULL, updated_at = $3
-               WHERE batch_id = $2 AND status = 'PROCESSING'
-               RETURNING id, source_system, client_reference, priority, trace_id""",
-            job_id,
-            batch_id,
-            now,
-        )
-        detail: dict[str, Any] = {"job_id": job_id, "batch_id": str(batch_id)}
-        if reconciled:
-            detail["reconciled"] = True
-        await journal.append_timeline(
-            conn,
-            [
-                journal.TimelineEntry(
-                    r["id"], domain.Status.PROCESSING, domain.Status.SUBMITTED, detail
-                )
-                for r in rows
-            ],
-            ACTOR,
-            now,
-        )
-        events = [
-            domain.DocumentSubmitted(
-                document_id=r["id"],
-                source_system=r["source_system"],
-                client_reference=r["client_reference"],
-                priority=domain.Priority.from_rank(r["priority"]),
-                job_id=job_id,
-                batch_id=batch_id,
-                trace_id=r["trace_id"],
-            )
-            for r in rows
-        ]
-        await journal.append_outbox(
-            conn,
-            [
-                journal.OutboxEvent(
-                    topic=topics.submitted,
-                    document_id=e.document_id,
-                    event_type="oms.document.submitted",
-                    payload=e,
-                    trace_id=e.trace_id,
-                )
-                for e in events
-            ],
-            now,
-        )
-    return events
-
-
 class Retry(msgspec.Struct, frozen=True):
     document_id: uuid.UUID
     next_attempt_at: datetime
 
 
 async def retry_or_exhaust(
-    conn: asyncpg.Connection,
+    conn: Connection,
     leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
     delays: dict[uuid.UUID, timedelta],
     max_attempts: int | None,
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
     *,
     charge: bool = True,
@@ -358,7 +207,7 @@ async def retry_or_exhaust(
         retries = [Retry(r["id"], r["next_attempt_at"]) for r in rows if r["failure"] is None]
         failed = [r for r in rows if r["failure"] is not None]
         entries = [
-            journal.TimelineEntry(
+            journal.TimelineRow(
                 r["id"],
                 domain.Status.PROCESSING,
                 domain.Status.PROCESSING,
@@ -390,16 +239,16 @@ async def retry_or_exhaust(
             )
         await journal.append_timeline(conn, entries, ACTOR, now)
         await journal.record_failures(
-            conn, failed, failures, domain.Status.PROCESSING, ACTOR, topics.status, now
+            conn, failed, failures, domain.Status.PROCESSING, ACTOR, topics, now
         )
     return retries, [r["id"] for r in failed]
 
 
 async def fail(
-    conn: asyncpg.Connection,
+    conn: Connection,
     leases: dict[uuid.UUID, str],
     error: domain.DocumentError,
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> list[uuid.UUID]:
     """A permanent failure: FAILED at once, Thunderhead's messages kept."""
@@ -421,34 +270,13 @@ async def fail(
             {r["id"]: error for r in rows},
             domain.Status.PROCESSING,
             ACTOR,
-            topics.status,
+            topics,
             now,
         )
     return [r["id"] for r in rows]
 
 
-async def close_batch(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, status: str, now: datetime
-) -> bool:
-    """A batch that never became a job: ABANDONED (a transient refusal: send again),
-    REJECTED (refused for good) or SPLIT (sent again in halves).
-
-    Only while it is still SUBMITTING: False when it was meanwhile handed to
-    reconciliation (this sender outlived its lease), which then decides.
-    """
-    result = await conn.execute(
-        """UPDATE thunderhead_batches SET status = $2::text, finished_at = $3::timestamptz
-           WHERE id = $1 AND job_id IS NULL AND status = 'SUBMITTING'""",
-        batch_id,
-        status,
-        now,
-    )
-    return not result.endswith(" 0")
-
-
-async def extend_leases(
-    conn: asyncpg.Connection, leases: dict[uuid.UUID, str], until: datetime
-) -> None:
+async def extend_leases(conn: Connection, leases: dict[uuid.UUID, str], until: datetime) -> None:
     """Keep these claims over a longer piece of work (a batch sent again in parts)."""
     await conn.execute(
         """UPDATE documents d SET lease_expires_at = $3
@@ -458,51 +286,3 @@ async def extend_leases(
         list(leases.values()),
         until,
     )
-
-
-async def park_for_reconciliation(
-    conn: asyncpg.Connection,
-    batch_id: uuid.UUID,
-    error: domain.DocumentError,
-    reconcile_at: datetime,
-    now: datetime,
-) -> int:
-    """The batch's submission outcome is unknown: RECONCILING, its documents parked.
-
-    Parked documents hold no lease and are not due (``next_attempt_at`` infinity),
-    so nobody claims them one by one: reconciliation decides for the whole batch
-    (``oms.store.reconciliation``). Their attempts are untouched. Returns how many
-    documents were parked.
-    """
-    async with conn.transaction():
-        changed = await conn.execute(
-            """UPDATE thunderhead_batches
-               SET status = 'RECONCILING', finished_at = NULL,
-                   next_reconcile_at = least(coalesce(next_reconcile_at, $2), $2),
-                   unknown_since = coalesce(unknown_since, $2), last_error = $3
-               WHERE id = $1 AND job_id IS NULL AND status IN ('SUBMITTING', 'RECONCILING')""",
-            batch_id,
-            reconcile_at,
-            error.detail or error.reason,
-        )
-        if changed.endswith(" 0"):
-            return 0
-        rows = await conn.fetch(
-            """UPDATE documents SET lease_owner = NULL, lease_expires_at = NULL,
-                   next_attempt_at = 'infinity', last_error = $2, updated_at = $3
-               WHERE batch_id = $1 AND status = 'PROCESSING'
-                 AND next_attempt_at IS DISTINCT FROM 'infinity'
-               RETURNING id""",
-            batch_id,
-            msgspec.to_builtins(error),
-            now,
-        )
-        await journal.note_all(
-            conn,
-            [r["id"] for r in rows],
-            domain.Status.PROCESSING,
-            {"event": "reconciling", "batch_id": str(batch_id), "error": error.detail},
-            ACTOR,
-            now,
-        )
-    return len(rows)

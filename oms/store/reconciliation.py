@@ -1,7 +1,7 @@
 """Batches whose submission outcome is unknown, decided one batch at a time.
 
 A batch is one Thunderhead job or nothing, so one answer settles all its documents:
-adopt the job Thunderhead has (``processing.mark_submitted``), send the documents
+adopt the job Thunderhead has (``batches.mark_submitted``), send the documents
 again (Thunderhead does not have it and no send can still be on its way), or fail
 them when Thunderhead could not tell in time. A batch is worked on by one
 reconciler at a time: a short lease on the batch row (``reconcile_owner``), taken
@@ -13,12 +13,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
-from oms.store.documents import Topics
 
 ACTOR = "reconciliation"
 
@@ -36,7 +35,7 @@ class Reconciling(msgspec.Struct, frozen=True):
 
 
 async def take_due(
-    conn: asyncpg.Connection, owner: str, hold: timedelta, now: datetime, limit: int
+    conn: Connection, owner: str, hold: timedelta, now: datetime, limit: int
 ) -> list[Reconciling]:
     """Take up to ``limit`` due batches for ``hold`` (skipping those another holds)."""
     rows = await conn.fetch(
@@ -71,7 +70,7 @@ async def take_due(
 
 
 async def again_at(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     owner: str,
     when: datetime,
@@ -101,7 +100,7 @@ async def again_at(
 
 
 async def send_again(
-    conn: asyncpg.Connection, batch_id: uuid.UUID, owner: str, reason: str, now: datetime
+    conn: Connection, batch_id: uuid.UUID, owner: str, reason: str, now: datetime
 ) -> list[domain.DocumentRequested]:
     """Thunderhead does not have the batch: close it, make its documents due now.
 
@@ -143,11 +142,11 @@ async def send_again(
 
 
 async def fail(
-    conn: asyncpg.Connection,
+    conn: Connection,
     batch_id: uuid.UUID,
     owner: str,
     error: domain.DocumentError,
-    topics: Topics,
+    topics: journal.Topics,
     now: datetime,
 ) -> list[uuid.UUID]:
     """Thunderhead could not say in time whether it has the batch: FAILED, all of it."""
@@ -180,14 +179,14 @@ async def fail(
             {r["id"]: error for r in rows},
             domain.Status.PROCESSING,
             ACTOR,
-            topics.status,
+            topics,
             now,
             batch_id=str(batch_id),
         )
     return [r["id"] for r in rows]
 
 
-async def release_strays(conn: asyncpg.Connection, now: datetime) -> int:
+async def release_strays(conn: Connection, now: datetime) -> int:
     """Parked documents whose batch is no longer RECONCILING are due again.
 
     A safety net: every path that settles a batch moves its documents on in the

@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
 import msgspec
 
 from oms import domain
+from oms.db.pool import Connection
 from oms.store import journal
 
 
@@ -20,7 +20,7 @@ class Found(msgspec.Struct, frozen=True):
 
 
 async def due_for_processing(
-    conn: asyncpg.Connection, now: datetime, received_before: datetime, limit: int
+    conn: Connection, now: datetime, received_before: datetime, limit: int
 ) -> list[Found]:
     """RECEIVED since before ``received_before``, retries due since then, expired leases.
 
@@ -52,12 +52,12 @@ async def due_for_processing(
     ]
 
 
-async def note_recoveries(conn: asyncpg.Connection, found: Sequence[Found], now: datetime) -> None:
+async def note_recoveries(conn: Connection, found: Sequence[Found], now: datetime) -> None:
     """Write each recovery to its document's timeline: where the sweeper stepped in."""
     await journal.append_timeline(
         conn,
         [
-            journal.TimelineEntry(
+            journal.TimelineRow(
                 f.event.document_id, f.status, f.status, {"event": "recovered", "reason": f.reason}
             )
             for f in found

@@ -26,11 +26,11 @@ from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
-from oms import config
+from oms import config, domain
 from oms.actors.relay import OutboxRelay
 from oms.db import pool as db_pool
 from oms.kafka import EmbeddedBroker, attributes, ensure_topics
-from oms.store import journal, outbox
+from oms.store import outbox
 
 EVENTS = config.EventsSettings(source="/oms/test")
 TOPICS = [EVENTS.topic_requested, EVENTS.topic_submitted, EVENTS.topic_status]
@@ -104,21 +104,36 @@ async def insert(
     blob: str = "",
     first_seq: int = 0,
 ) -> list[uuid.UUID]:
-    """``events_each`` events per document on ``topic``, interleaved; their event ids."""
-    events = [
-        journal.OutboxEvent(
-            topic=topic,
-            document_id=document,
-            event_type=f"oms.document.step{seq}",
-            payload=Payload(document, seq, blob),
-            trace_id=TRACE_ID,
-        )
+    """``events_each`` events per document on ``topic``, interleaved; their event ids.
+
+    Rows written as the store writes them (``journal.append_outbox``), but with any
+    topic and event type: the relay publishes what a row says.
+    """
+    rows = [
+        (domain.uuid7(), document, f"oms.document.step{seq}", Payload(document, seq, blob))
         for seq in range(first_seq, first_seq + events_each)
         for document in documents
     ]
+    now = datetime.now(UTC)
     async with pool.acquire() as conn:
-        await journal.append_outbox(conn, events, datetime.now(UTC))
-    return [e.event_id for e in events]
+        await conn.executemany(
+            """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
+                   trace_id, created_at)
+               VALUES ($1, $2, $3, $4, $3, $5, $6, $7)""",
+            [
+                (
+                    event_id,
+                    topic,
+                    str(document),
+                    event_type,
+                    msgspec.json.encode(payload),
+                    TRACE_ID,
+                    now,
+                )
+                for event_id, document, event_type, payload in rows
+            ],
+        )
+    return [event_id for event_id, *_ in rows]
 
 
 async def wait_published(pool: asyncpg.Pool, count: int, timeout_s: float = 15) -> None:
@@ -222,7 +237,7 @@ async def test_relay_publishes_binary_cloudevents_in_order_per_document(
         await wait_published(pool, 62)
         async with pool.acquire() as conn:
             backlog = await outbox.backlog(conn)
-    assert backlog == outbox.Backlog(0, 0.0, 0)
+    assert backlog == outbox.OutboxBacklog(0, 0.0, 0)
 
     records = await consume(broker.bootstrap, [EVENTS.topic_status], 60)
     assert len(records) == 60

@@ -20,13 +20,13 @@ import pytest
 from oms import config, domain
 from oms.actors.reconciler import Reconciler
 from oms.db.pool import create_pool
+from oms.store import batches, reconciliation
 from oms.store import processing as store
-from oms.store import reconciliation
-from oms.store.documents import Topics
+from oms.store.journal import Topics
 from oms.thunderhead import ThunderheadClient
 from tests.conftest import SimServer
 
-TOPICS = Topics("oms.document.requested", "oms.document.submitted", "oms.document.status")
+TOPICS = Topics.from_settings(config.EventsSettings())
 LEASE = timedelta(seconds=120)
 
 
@@ -77,7 +77,7 @@ async def start_sending(
         leases[document_id] = claimed.lease
     batch_id = domain.uuid7()
     enrichment = msgspec.json.encode({"batch_config_res_id": 1335501440})
-    held = await store.start_batch(
+    held = await batches.start_batch(
         db, batch_id, "1335501440", dict.fromkeys(ids, enrichment), leases, now + LEASE, now
     )
     assert len(held) == len(ids)
@@ -126,9 +126,9 @@ async def test_a_sender_that_outlived_its_lease_leaves_the_batch_to_reconciliati
     assert other is not None
     assert other.unresolved_batch == batch_id
     error = domain.DocumentError("thunderhead_outcome_unknown", "found after a lease expired")
-    assert await store.park_for_reconciliation(db, batch_id, error, later, later) == 2
+    assert await batches.park_for_reconciliation(db, batch_id, error, later, later) == 2
     # Now A's send ends with a 500: closing the batch must not take it from reconciliation.
-    assert not await store.close_batch(db, batch_id, "ABANDONED", later)
+    assert not await batches.close_batch(db, batch_id, "ABANDONED", later)
     batch = await db.fetchrow("SELECT status FROM thunderhead_batches WHERE id = $1", batch_id)
     assert batch["status"] == "RECONCILING"
     rows = await db.fetch("SELECT next_attempt_at FROM documents WHERE batch_id = $1", batch_id)
@@ -150,7 +150,7 @@ async def _window_counts_from_when_the_send_was_over(
     batch_id = await start_sending(db, ids, "A", long_ago)  # created two hours ago...
     now = datetime.now(UTC)
     error = domain.DocumentError("thunderhead_outcome_unknown", "no answer within 30 s")
-    await store.park_for_reconciliation(db, batch_id, error, now, now)  # ...but sent just now
+    await batches.park_for_reconciliation(db, batch_id, error, now, now)  # ...but sent just now
     stage, again = reconciler(pool, thunderhead, in_flight_window_s=60.0)
     assert await stage.reconcile_due() == 1
     batch = await db.fetchrow(
@@ -197,7 +197,7 @@ async def _no_batch_fails_on_its_first_unanswered_question(
     batch_id = await start_sending(db, ids, "A", now)
     error = domain.DocumentError("thunderhead_outcome_unknown", "process gone")
     # Parked, then OMS was down for five hours: that is OMS's time, not Thunderhead's.
-    await store.park_for_reconciliation(db, batch_id, error, now, now)
+    await batches.park_for_reconciliation(db, batch_id, error, now, now)
     await db.execute(
         "UPDATE thunderhead_batches SET unknown_since = $2 WHERE id = $1",
         batch_id,
@@ -240,7 +240,7 @@ async def test_a_parked_document_whose_batch_was_settled_elsewhere_is_released(
     now = datetime.now(UTC)
     batch_id = await start_sending(db, ids, "A", now)
     error = domain.DocumentError("thunderhead_outcome_unknown", "no answer")
-    await store.park_for_reconciliation(db, batch_id, error, now, now)
+    await batches.park_for_reconciliation(db, batch_id, error, now, now)
     # A broken promise (the batch closed without its documents moving on).
     await db.execute("UPDATE thunderhead_batches SET status = 'ABANDONED' WHERE id = $1", batch_id)
     assert await reconciliation.release_strays(db, now) == 1

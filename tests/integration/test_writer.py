@@ -14,13 +14,9 @@ import pytest
 from oms import config, domain, exceptions, metrics
 from oms.db.pool import create_pool
 from oms.intake.writer import DocumentWriter
-from oms.store import documents
+from oms.store import documents, journal
 
-TOPICS = documents.Topics(
-    requested="oms.document.requested",
-    submitted="oms.document.submitted",
-    status="oms.document.status",
-)
+TOPICS = journal.Topics.from_settings(config.EventsSettings())
 
 
 def _item(reference: str, data: bytes = b"{}") -> documents.NewDocument:
