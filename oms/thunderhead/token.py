@@ -1,4 +1,8 @@
-"""The OAuth2 access token every Thunderhead call carries, fetched one at a time.
+"""The OAuth2 access token every Thunderhead call carries: how it is asked for, and
+its cache, which fetches it one at a time.
+
+The request carries the grant and ONE client authentication method (RFC 6749
+2.3.1; docs/thunderhead.md, "Token").
 
 A token is used until ``expires_in - margin_s`` (at least half its lifetime), then
 refreshed. Every fetch is single-flight: it runs in the owner's task group, and all
@@ -13,19 +17,38 @@ token is still used.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote_plus
 
 from anyio.abc import TaskGroup
 
 from oms import exceptions
+from oms.config import ThunderheadSettings
 from oms.singleflight import SingleFlight
 from oms.thunderhead import metrics
 
 log = logging.getLogger("oms.thunderhead")
+
+
+def request(settings: ThunderheadSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """The form and the headers of a token request."""
+    s = settings
+    form = {"grant_type": s.grant_type}
+    headers: dict[str, str] = {}
+    if s.grant_type == "password":
+        form |= {"username": s.username, "password": s.password}
+    if s.client_auth == "basic":
+        # RFC 6749 2.3.1: each part form-urlencoded, then Base64 of "id:secret".
+        credentials = f"{quote_plus(s.client_id)}:{quote_plus(s.client_secret)}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    else:
+        form |= {"client_id": s.client_id, "client_secret": s.client_secret}
+    return form, headers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
