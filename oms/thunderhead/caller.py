@@ -272,7 +272,7 @@ class Caller(httpclient.HttpClient[_Open]):
             # loop); a new one per send, since a 401 retry sends the body again.
             request = {**request, "data": io.BytesIO(request["data"])}
 
-        def failed(failure: httpclient.Failure, cause: Exception) -> Exception:
+        def no_answer(failure: httpclient.Failure, cause: Exception) -> Exception:
             outcome, error = outcomes.transport_error(
                 endpoint,
                 failure,
@@ -287,7 +287,12 @@ class Caller(httpclient.HttpClient[_Open]):
         try:
             with metrics.IN_FLIGHT.track_inprogress():
                 async with self._request(
-                    method, url, timeouts=timeout, failed=failed, allow_redirects=False, **request
+                    method,
+                    url,
+                    timeouts=timeout,
+                    failed=no_answer,
+                    allow_redirects=False,
+                    **request,
                 ) as response:
                     body = await httpclient.read_body(response)
                     status, retry_after = response.status, response.headers.get("Retry-After")
@@ -316,15 +321,15 @@ class Caller(httpclient.HttpClient[_Open]):
         if verdict is None:
             return
         outcome, error = verdict
-        if outcome == "throttled" and isinstance(error, exceptions.ThunderheadTransient):
-            if reply.status == 429:
+        if isinstance(error, exceptions.ThunderheadTransient):
+            if outcome == "throttled" and reply.status == 429:
                 # The tenant's limit is below our rate.
                 sent_at = self._clock() - reply.latency_s
                 self._limiter.throttled(error.retry_after_s, sent_at=sent_at)
-            else:
+            elif outcome == "throttled":
                 self._limiter.pause(error.retry_after_s)  # maintenance: says nothing about the rate
-        elif outcome == "misconfigured" and isinstance(error, exceptions.ThunderheadTransient):
-            self._api_errors[endpoint] = error.reason
+            elif outcome == "misconfigured":
+                self._api_errors[endpoint] = error.reason
         raise outcomes.failed(endpoint, outcome, error, context, reply)
 
     def _decode(
