@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import asyncpg
 import msgspec
 
 from oms.db.embedded import EmbeddedPostgres
+from oms.net import free_port
 from oms.store import api_keys
 
 R = TypeVar("R")
@@ -32,12 +32,6 @@ REQUEST_TIMEOUT_S = 60.0
 RESUBMIT_WAIT_S = 0.1  # after a 503: short, so the wait is not what is measured
 TRANSPORT_RETRIES = 3
 RESUBMIT_LIMIT = 10_000  # calls for one chunk; the run's timeout comes first
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_database(dsn: str, database: str) -> str:

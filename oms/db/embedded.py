@@ -14,12 +14,11 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from oms import exceptions
+from oms import exceptions, net
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class EmbeddedPostgres:
             self.port = running_port
             return self.dsn
         if self.port == 0:
-            self.port = _free_port()
+            self.port = net.free_port()
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir}"
         self._run(
             "pg_ctl",
@@ -162,9 +161,3 @@ def _ensure_system_user(name: str) -> None:
             check=True,
             capture_output=True,
         )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

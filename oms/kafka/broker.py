@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
-from oms import exceptions
+from oms import exceptions, net
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class EmbeddedBroker:
         if self.is_running:
             return self.bootstrap
         if self.port == 0:
-            self.port = _free_port(self.host)
+            self.port = net.free_port(self.host)
         elif await _accepts_connections(self.host, self.port):
             raise exceptions.EmbeddedBrokerError(
                 f"cannot start the embedded Kafka broker: {self.bootstrap} is already in use"
@@ -270,9 +269,3 @@ def _die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -13,15 +13,16 @@ then any cached value, however old, is served instead. Other errors propagate.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
-import anyio
 from anyio.abc import TaskGroup
 
 from oms import exceptions, metrics
+from oms.singleflight import SingleFlight
 
 log = logging.getLogger("oms.refdata")
 
@@ -33,17 +34,6 @@ V = TypeVar("V")
 class _Entry(Generic[V]):
     value: V
     fetched_at: float
-
-
-@dataclasses.dataclass(slots=True)
-class _Flight(Generic[V]):
-    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    ok: bool = False
-    value: V | None = None
-    # Overwritten by the fetch's own error; left as is only if it was cancelled.
-    error: BaseException = dataclasses.field(
-        default_factory=lambda: exceptions.ReferenceDataUnavailable("reference data client closed")
-    )
 
 
 class Cache(Generic[K, V]):
@@ -64,12 +54,14 @@ class Cache(Generic[K, V]):
         self._fetch = fetch
         self._ttl_s = ttl_s
         self._stale_until_s = ttl_s + revalidate_window_s
-        self._task_group = task_group
         # Keys can come from requests (brand codes), so the cache is bounded.
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[K, _Entry[V]] = {}
-        self._flights: dict[K, _Flight[V]] = {}
+        self._flights: SingleFlight[K, V] = SingleFlight(
+            task_group,
+            closed=lambda: exceptions.ReferenceDataUnavailable("reference data client closed"),
+        )
 
     async def get(self, key: K) -> V:
         entry = self._entries.get(key)
@@ -78,33 +70,22 @@ class Cache(Generic[K, V]):
             if age < self._ttl_s:
                 return entry.value
             if age < self._stale_until_s:
-                self._flight(key)
+                self._flights.start(key, functools.partial(self._fetch_and_store, key))
                 return entry.value
-        flight = self._flight(key)
-        await flight.done.wait()
-        if flight.ok:
-            return cast(V, flight.value)
-        entry = self._entries.get(key)
-        if isinstance(flight.error, exceptions.ReferenceDataUnavailable) and entry is not None:
+        try:
+            return await self._flights.join(key, functools.partial(self._fetch_and_store, key))
+        except exceptions.ReferenceDataUnavailable:
+            entry = self._entries.get(key)
+            if entry is None:
+                raise
             return entry.value
-        raise flight.error
 
-    def _flight(self, key: K) -> _Flight[V]:
-        """The fetch in progress for ``key``, started if there is none."""
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = self._flights[key] = _Flight()
-            self._task_group.start_soon(self._run, key, flight)
-        return flight
-
-    async def _run(self, key: K, flight: _Flight[V]) -> None:
-        # Never raises: an error belongs to the callers waiting on this flight,
-        # and raising would cancel the owner's whole task group.
+    async def _fetch_and_store(self, key: K) -> V:
+        """One fetch, counted and logged; its error goes to the callers waiting on it."""
         try:
             value = await self._fetch(key)
         except exceptions.ReferenceDataUnavailable as exc:
             metrics.REFDATA_CALLS.labels(self._name, "unavailable").inc()
-            flight.error = exc
             entry = self._entries.get(key)
             if entry is not None:
                 metrics.REFDATA_STALE_SERVED.inc()
@@ -112,20 +93,17 @@ class Cache(Generic[K, V]):
                 log.warning("refdata %s: %s; serving cached value aged %.0fs", self._name, exc, age)
             else:
                 log.warning("refdata %s: %s; nothing cached", self._name, exc)
+            raise
         except exceptions.ReferenceDataError as exc:
             metrics.REFDATA_CALLS.labels(self._name, "error").inc()
-            flight.error = exc
             log.error("refdata %s: %s", self._name, exc)
-        except Exception as exc:
-            flight.error = exc
+            raise
+        except Exception:
             log.exception("refdata %s: fetch failed unexpectedly", self._name)
-        else:
-            metrics.REFDATA_CALLS.labels(self._name, "ok").inc()
-            self._store(key, value)
-            flight.ok, flight.value = True, value
-        finally:
-            del self._flights[key]
-            flight.done.set()
+            raise
+        metrics.REFDATA_CALLS.labels(self._name, "ok").inc()
+        self._store(key, value)
+        return value
 
     def _store(self, key: K, value: V) -> None:
         self._entries.pop(key, None)  # re-insert so dict order is fetch order

@@ -12,17 +12,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
-from types import TracebackType
-from typing import Self, TypeVar
-from urllib.parse import quote
+from typing import TypeVar
 
 import aiohttp
-import anyio
 import msgspec
+from anyio.abc import TaskGroup
 from yarl import URL
 
-from oms import exceptions
+from oms import exceptions, httpclient
 from oms.config import RefDataSettings
 from oms.refdata.cache import Cache
 from oms.refdata.types import Brand, DocumentType, Template
@@ -32,19 +29,18 @@ T = TypeVar("T")
 _DOCUMENT_TYPES = msgspec.json.Decoder(list[DocumentType])
 _TEMPLATES = msgspec.json.Decoder(list[Template])
 _BRAND = msgspec.json.Decoder(Brand)
-_MAX_BODY_BYTES = 16 * 1024 * 1024
 _ALL = "all"  # the one key of the document-types cache
+_CONNECTIONS = 100  # aiohttp's default pool size; the caches keep calls few
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Open:
-    session: aiohttp.ClientSession
     document_types: Cache[str, list[DocumentType]]
     templates: Cache[str, list[Template]]
     brands: Cache[str, Brand | None]
 
 
-class RefDataClient:
+class RefDataClient(httpclient.HttpClient[_Open]):
     """Cached client for the Reference Data API.
 
     Use as ``async with RefDataClient(settings) as client``; enter and exit in
@@ -55,53 +51,28 @@ class RefDataClient:
     def __init__(
         self, settings: RefDataSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        base = URL(settings.base_url)
-        if not base.absolute or base.scheme not in ("http", "https"):
-            raise exceptions.ConfigError("refdata.base_url", "must be an absolute http(s) URL")
+        super().__init__(connections=_CONNECTIONS)
         self._settings = settings
-        self._base = base
+        self._base = httpclient.base_url(settings.base_url, "refdata.base_url")
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._clock = clock
-        self._stack: AsyncExitStack | None = None
-        self._state: _Open | None = None
 
-    async def __aenter__(self) -> Self:
-        if self._stack is not None:
-            raise RuntimeError("RefDataClient is already open")
-        s = self._settings
-        async with AsyncExitStack() as stack:
-            timeout = aiohttp.ClientTimeout(total=s.timeout_s)
-            session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)  # on exit: drop pending refreshes
-
-            def cache(name: str, fetch: Callable[[str], Awaitable[T]]) -> Cache[str, T]:
-                return Cache(
-                    name,
-                    fetch,
-                    ttl_s=s.ttl_s,
-                    revalidate_window_s=s.revalidate_window_s,
-                    task_group=tg,
-                    clock=self._clock,
-                )
-
-            self._state = _Open(
-                session=session,
-                document_types=cache("document-types", self._fetch_document_types),
-                templates=cache("templates", self._fetch_templates),
-                brands=cache("brands", self._fetch_brand),
+    def _start(self, task_group: TaskGroup) -> _Open:
+        def cache(name: str, fetch: Callable[[str], Awaitable[T]]) -> Cache[str, T]:
+            return Cache(
+                name,
+                fetch,
+                ttl_s=self._settings.ttl_s,
+                revalidate_window_s=self._settings.revalidate_window_s,
+                task_group=task_group,
+                clock=self._clock,
             )
-            self._stack = stack.pop_all()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        stack, self._stack, self._state = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        return _Open(
+            document_types=cache("document-types", self._fetch_document_types),
+            templates=cache("templates", self._fetch_templates),
+            brands=cache("brands", self._fetch_brand),
+        )
 
     async def document_types(self) -> list[DocumentType]:
         return list(await self._open().document_types.get(_ALL))
@@ -122,11 +93,6 @@ class RefDataClient:
             return False
         return True
 
-    def _open(self) -> _Open:
-        if self._state is None:
-            raise RuntimeError("RefDataClient is not open; use `async with`")
-        return self._state
-
     async def _fetch_document_types(self, _key: str) -> list[DocumentType]:
         body = await self._get(self._url("reference", "document-types"))
         return _decode(_DOCUMENT_TYPES, body, "document types")
@@ -143,28 +109,20 @@ class RefDataClient:
         return None if body is None else _decode(_BRAND, body, "brand")
 
     def _url(self, *segments: str) -> URL:
-        # Encode each segment whole, dots included, so a code such as "a/b" or
-        # ".." cannot reach a different path.
-        encoded = [quote(s, safe="").replace(".", "%2E") for s in segments]
-        return self._base.joinpath(*encoded, encoded=True)
+        return self._base.joinpath(*map(httpclient.segment, segments), encoded=True)
 
     async def _get(
         self, url: URL, *, params: Mapping[str, str] | None = None, missing_ok: bool = False
     ) -> bytes | None:
         """The body of a 200, None for a 404 if ``missing_ok``; else raise."""
-        session = self._open().session
-        try:
-            async with session.get(url, params=params) as response:
-                status = response.status
-                if status == 200:
-                    return await _read_body(response)
-        except aiohttp.InvalidURL as exc:
-            raise exceptions.ReferenceDataError(f"invalid reference data URL: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise exceptions.ReferenceDataUnavailable(
-                f"reference data unreachable ({reason})"
-            ) from exc
+        request = self._request("GET", url, timeouts=self._timeout, failed=_failed, params=params)
+        async with request as response:
+            status = response.status
+            if status == 200:
+                body = await httpclient.read_body(response)
+                if body is None:
+                    raise exceptions.ReferenceDataError("reference data response is too large")
+                return body
         if status == 404 and missing_ok:
             return None
         if status == 429 or status >= 500:
@@ -172,15 +130,12 @@ class RefDataClient:
         raise exceptions.ReferenceDataError(f"reference data answered unexpected status {status}")
 
 
-async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > _MAX_BODY_BYTES:
-            raise exceptions.ReferenceDataError("reference data response is too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _failed(failure: httpclient.Failure, cause: Exception) -> exceptions.OmsError:
+    """No answer: the API is down, unless the URL itself is wrong."""
+    if failure is httpclient.Failure.INVALID_URL:
+        return exceptions.ReferenceDataError(f"invalid reference data URL: {cause}")
+    reason = httpclient.describe(cause)
+    return exceptions.ReferenceDataUnavailable(f"reference data unreachable ({reason})")
 
 
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes | None, what: str) -> T:

@@ -16,7 +16,6 @@ import msgspec
 from oms.thunderhead.types import Envelope, JobException, JobMessage, messages
 
 JSON_PREFIX = b"while(1);"
-MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_RETRY_AFTER_S = 86_400.0
 
 

@@ -1,4 +1,8 @@
-"""The OAuth2 access token every Thunderhead call carries, fetched one at a time.
+"""The OAuth2 access token every Thunderhead call carries: how it is asked for, and
+its cache, which fetches it one at a time.
+
+The request carries the grant and ONE client authentication method (RFC 6749
+2.3.1; docs/thunderhead.md, "Token").
 
 A token is used until ``expires_in - margin_s`` (at least half its lifetime), then
 refreshed. Every fetch is single-flight: it runs in the owner's task group, and all
@@ -13,18 +17,38 @@ token is still used.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote_plus
 
-import anyio
 from anyio.abc import TaskGroup
 
 from oms import exceptions
+from oms.config import ThunderheadSettings
+from oms.singleflight import SingleFlight
 from oms.thunderhead import metrics
 
 log = logging.getLogger("oms.thunderhead")
+
+
+def request(settings: ThunderheadSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """The form and the headers of a token request."""
+    s = settings
+    form = {"grant_type": s.grant_type}
+    headers: dict[str, str] = {}
+    if s.grant_type == "password":
+        form |= {"username": s.username, "password": s.password}
+    if s.client_auth == "basic":
+        # RFC 6749 2.3.1: each part form-urlencoded, then Base64 of "id:secret".
+        credentials = f"{quote_plus(s.client_id)}:{quote_plus(s.client_secret)}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    else:
+        form |= {"client_id": s.client_id, "client_secret": s.client_secret}
+    return form, headers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,16 +66,6 @@ class _Token:
     expires_at: float
 
 
-@dataclasses.dataclass(slots=True)
-class _Flight:
-    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    token: _Token | None = None
-    # Overwritten by the fetch's error; left as is only if the fetch was cancelled.
-    error: BaseException = dataclasses.field(
-        default_factory=lambda: exceptions.ThunderheadTransient("Thunderhead client closed", 0)
-    )
-
-
 class TokenCache:
     def __init__(
         self,
@@ -63,22 +77,24 @@ class TokenCache:
     ) -> None:
         self._fetch = fetch
         self._margin_s = margin_s
-        self._task_group = task_group
         self._clock = clock
         self._token: _Token | None = None
-        self._flight: _Flight | None = None
+        self._flights: SingleFlight[None, _Token] = SingleFlight(
+            task_group,
+            closed=lambda: exceptions.ThunderheadTransient("Thunderhead client closed", 0),
+        )
 
     async def get(self) -> str:
         """A token to send: the cached one, or a fresh one when it is due."""
         current = self._token
         if current is not None and self._clock() < current.refresh_at:
             return current.value
-        flight = await self._join("expiry")
-        if flight.token is not None:
-            return flight.token.value
-        if current is not None and self._clock() < current.expires_at:
-            return current.value  # the refresh failed, but the old token still works
-        raise flight.error
+        try:
+            return (await self._join("expiry")).value
+        except Exception:
+            if current is not None and self._clock() < current.expires_at:
+                return current.value  # the refresh failed, but the old token still works
+            raise
 
     async def refresh(self, rejected: str) -> str:
         """A token other than ``rejected``, which Thunderhead just answered 401 to."""
@@ -86,41 +102,26 @@ class TokenCache:
         if current is not None and current.value != rejected:
             return current.value  # another caller already replaced it
         self._token = None  # known bad: nobody else should send it
-        flight = await self._join("401")
-        if flight.token is not None:
-            return flight.token.value
-        raise flight.error
+        return (await self._join("401")).value
 
-    async def _join(self, trigger: str) -> _Flight:
-        """The fetch in progress, started if there is none, once it has finished."""
-        flight = self._flight
-        if flight is None:
-            flight = self._flight = _Flight()
-            self._task_group.start_soon(self._run, flight, trigger)
-        await flight.done.wait()
-        return flight
+    async def _join(self, trigger: str) -> _Token:
+        """The fetch in progress (``trigger`` says why, if this starts it), once done."""
+        return await self._flights.join(None, functools.partial(self._fetch_and_keep, trigger))
 
-    async def _run(self, flight: _Flight, trigger: str) -> None:
-        # Never raises: the error belongs to the callers waiting on this flight,
-        # and raising would cancel the owner's whole task group.
+    async def _fetch_and_keep(self, trigger: str) -> _Token:
         try:
             grant = await self._fetch()
         except exceptions.ThunderheadError as exc:
             metrics.TOKEN_REFRESHES.labels(trigger, "error").inc()
-            flight.error = exc
             log.warning("Thunderhead token fetch failed: %s", exc, extra={"endpoint": "token"})
-        except Exception as exc:
+            raise
+        except Exception:
             metrics.TOKEN_REFRESHES.labels(trigger, "error").inc()
-            flight.error = exc
             log.exception("Thunderhead token fetch failed unexpectedly")
-        else:
-            metrics.TOKEN_REFRESHES.labels(trigger, "ok").inc()
-            now = self._clock()
-            lifetime = max(0.0, grant.expires_in_s)
-            usable_for = max(lifetime - self._margin_s, lifetime / 2)
-            flight.token = self._token = _Token(
-                grant.access_token, now + usable_for, now + lifetime
-            )
-        finally:
-            self._flight = None
-            flight.done.set()
+            raise
+        metrics.TOKEN_REFRESHES.labels(trigger, "ok").inc()
+        now = self._clock()
+        lifetime = max(0.0, grant.expires_in_s)
+        usable_for = max(lifetime - self._margin_s, lifetime / 2)
+        self._token = _Token(grant.access_token, now + usable_for, now + lifetime)
+        return self._token

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -13,16 +12,11 @@ import aiohttp
 import pytest
 
 from oms import app
+from oms.net import free_port
 from tests.integration.intake_support import document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"Authorization": f"Bearer {app.DEMO_SOURCE_KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OmsProcess:
@@ -33,7 +27,7 @@ class OmsProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith("OMS_")},
             "OMS_DATABASE__DATA_DIR": str(data_dir),
             "OMS_SERVER__PORT": str(port),
-            "OMS_KAFKA__EMBEDDED_PORT": str(_free_port()),
+            "OMS_KAFKA__EMBEDDED_PORT": str(free_port()),
             "OMS_LOGGING__LEVEL": "WARNING",
         }
         self.process: asyncio.subprocess.Process | None = None
@@ -71,7 +65,7 @@ class OmsProcess:
 async def test_sigterm_drains_in_flight_requests_and_data_survives_restart(
     tmp_path: Path,
 ) -> None:
-    oms = OmsProcess(tmp_path / "pgdata", _free_port())
+    oms = OmsProcess(tmp_path / "pgdata", free_port())
     async with aiohttp.ClientSession(headers=HEADERS) as http:
         try:
             await oms.start(http)

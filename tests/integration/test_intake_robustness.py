@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from oms.net import free_port
 from tests.conftest import RunningOms, SimServer
 from tests.integration.intake_support import (
     AUTH,
@@ -42,12 +42,6 @@ def _with_data(reference: str, data: bytes) -> bytes:
     return body.replace(b'"data": null', b'"data": ' + data)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OmsProcess:
     def __init__(self, url: str, process: asyncio.subprocess.Process, log: Path) -> None:
         self.url = url
@@ -65,7 +59,7 @@ async def oms_process(
 ) -> AsyncIterator[OmsProcess]:
     """``python run.py`` on the test database: a crash takes down only this process."""
     await seed_keys(database_dsn)
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OMS_")},
         "OMS_DATABASE__DSN": database_dsn,

@@ -16,7 +16,6 @@ import base64
 import collections
 import email.utils
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +30,7 @@ from prometheus_client import REGISTRY
 
 from oms import exceptions
 from oms.config import ThunderheadSettings
+from oms.net import free_port
 from oms.thunderhead import (
     Envelope,
     JobException,
@@ -408,13 +408,6 @@ def calls(endpoint: str, outcome: str) -> float:
 
 def gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class Clock:
