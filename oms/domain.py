@@ -25,7 +25,6 @@ class Status(enum.StrEnum):
     CANCELLED = "CANCELLED"
 
 
-TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
 
 class Priority(enum.StrEnum):

@@ -88,9 +88,9 @@ class Reconciler(Component):
         hold = timedelta(seconds=self._settings.lease_s)
         async with self._db.acquire() as conn:
             due = await store.take_due(
-                conn, self._owner, hold, _now(), max(1, self._settings.reconcilers) * 4
+                conn, self._owner, hold, _now(), self._settings.reconcilers * 4
             )
-        slots = anyio.CapacityLimiter(max(1, self._settings.reconcilers))
+        slots = anyio.CapacityLimiter(self._settings.reconcilers)
 
         async def one(batch: store.Reconciling) -> None:
             async with slots:

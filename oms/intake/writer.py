@@ -60,7 +60,7 @@ class DocumentWriter(Component):
         """Run the writer loops until ``close`` is called and the queue is drained."""
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(max(1, self._settings.commit_writers)):
+                for _ in range(self._settings.commit_writers):
                     tg.start_soon(self._loop, self._receive.clone())
                 self._receive.close()
                 task_status.started()

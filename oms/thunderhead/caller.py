@@ -46,9 +46,6 @@ class Caller(httpclient.HttpClient[_Open]):
         self, settings: ThunderheadSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         base = httpclient.base_url(settings.base_url, "thunderhead.base_url")
-        for key in ("rate_limit_per_s", "rate_limit_burst", "max_concurrency"):
-            if getattr(settings, key) <= 0:
-                raise exceptions.ConfigError(f"thunderhead.{key}", "must be greater than 0")
         # The pool never holds a call back: the concurrency limit below does.
         super().__init__(
             connections=settings.max_concurrency, headers={"Accept": "application/json"}
