@@ -25,8 +25,6 @@ class Status(enum.StrEnum):
     CANCELLED = "CANCELLED"
 
 
-
-
 class Priority(enum.StrEnum):
     URGENT = "urgent"
     NORMAL = "normal"
