@@ -77,7 +77,7 @@ class Outside(msgspec.Struct, frozen=True):
     """What OMS talks to, opened (or started embedded) before any component runs."""
 
     dsn: str
-    pool: asyncpg.Pool
+    db: asyncpg.Pool
     refdata_url: str
     refdata: RefDataClient
     thunderhead_url: str
@@ -117,8 +117,8 @@ async def _open_outside(settings: config.Settings, stack: AsyncExitStack) -> Out
     clients (in-process simulators if no URL), Kafka (embedded if none) and its topics.
     The stack closes them in reverse, each with a deadline."""
     dsn = settings.database.dsn or await _start_embedded_database(settings, stack)
-    pool = await _open_pool(dsn, settings, stack)
-    await _prepare_database(pool, demo_keys=settings.embedded)
+    db = await _open_pool(dsn, settings, stack)
+    await _prepare_database(db, demo_keys=settings.embedded)
     refdata_url = settings.refdata.base_url or await _start_simulator(stack, refdata_sim.make_app())
     refdata = await stack.enter_async_context(
         RefDataClient(msgspec.structs.replace(settings.refdata, base_url=refdata_url))
@@ -132,7 +132,7 @@ async def _open_outside(settings: config.Settings, stack: AsyncExitStack) -> Out
     bootstrap = settings.kafka.bootstrap_servers or await _start_embedded_broker(settings, stack)
     kafka = msgspec.structs.replace(settings.kafka, bootstrap_servers=bootstrap)
     await _create_topics(settings, kafka)
-    return Outside(dsn, pool, refdata_url, refdata, thunderhead_url, thunderhead, kafka)
+    return Outside(dsn, db, refdata_url, refdata, thunderhead_url, thunderhead, kafka)
 
 
 def _components(
@@ -145,13 +145,13 @@ def _components(
     processing actors finish their message, send open batches and settle them,
     let the pollers finish, then publish what the stages just wrote.
     """
-    pool, processing_s, monitoring_s = outside.pool, settings.processing, settings.monitoring
+    db, processing_s, monitoring_s = outside.db, settings.processing, settings.monitoring
     events_mode = settings.pipeline.mode == "events"
     topics = journal.Topics.from_settings(settings.events)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     relay = OutboxRelay(
-        pool,
+        db,
         settings.relay,
         outside.kafka,
         settings.events,
@@ -164,7 +164,7 @@ def _components(
         "monitoring.poll", monitoring_s.mailbox_capacity, key=lambda job: job.job_id
     )
     monitoring = MonitoringStage(
-        pool, outside.thunderhead, monitoring_s, topics, polls, push=events_mode
+        db, outside.thunderhead, monitoring_s, topics, polls, push=events_mode
     )
     retries = DueSchedule[domain.DocumentRequested](
         "processing",
@@ -181,7 +181,7 @@ def _components(
         handoff.ToMonitoring(monitoring) if events_mode else handoff.Nothing()
     )
     reconciler = Reconciler(
-        pool,
+        db,
         outside.thunderhead,
         processing_s,
         topics,
@@ -190,11 +190,11 @@ def _components(
         submitted=submitted,
     )
     settler = Settler(
-        pool, processing_s, topics, requested=requested, submitted=submitted, reconciler=reconciler
+        db, processing_s, topics, requested=requested, submitted=submitted, reconciler=reconciler
     )
-    submitter = Submitter(pool, outside.thunderhead, processing_s, settler)
+    submitter = Submitter(db, outside.thunderhead, processing_s, settler)
     processing = ProcessingStage(
-        pool, outside.refdata, processing_s, owner, submitter=submitter, settler=settler
+        db, outside.refdata, processing_s, owner, submitter=submitter, settler=settler
     )
     processing_pool = ActorPool(
         "processing",
@@ -212,21 +212,19 @@ def _components(
     )
     if processing_s.start_paused:
         processing_pool.pause()
-    writer = DocumentWriter(pool, topics, settings.intake)
-    intake_service = IntakeService(
-        pool, writer, outside.refdata, settings.intake, topics, requested
-    )
+    writer = DocumentWriter(db, topics, settings.intake)
+    intake_service = IntakeService(db, writer, outside.refdata, settings.intake, topics, requested)
     pools = {"processing": processing_pool, "monitoring": monitoring_pool}
     http = HttpServer(_web_app(settings, outside, relay, intake_service, pools), settings.server)
 
     drain_s = processing_s.drain_deadline_s
     components = [
         Declared(relay, Policy.RESTART, drain_s) if settings.relay.enabled else None,
-        Declared(IdempotencyKeyPurge(pool, settings.intake), Policy.RESTART),
+        Declared(IdempotencyKeyPurge(db, settings.intake), Policy.RESTART),
         Declared(monitoring_pool, Policy.STOP, monitoring_s.drain_deadline_s),
         Declared(submitter, Policy.STOP, drain_s),
         Declared(processing_pool, Policy.STOP, drain_s),
-        Declared(Sweeper(pool, settings, requested_box, monitoring), Policy.RESTART),
+        Declared(Sweeper(db, settings, requested_box, monitoring), Policy.RESTART),
         Declared(reconciler, Policy.RESTART),
         Declared(monitoring.schedule, Policy.RESTART) if events_mode else None,
         Declared(retries, Policy.RESTART) if events_mode else None,
@@ -247,12 +245,12 @@ def _web_app(
 ) -> web.Application:
     app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
     app[intake.SETTINGS] = settings
-    app[intake.POOL] = outside.pool
+    app[intake.DB] = outside.db
     app[intake.INTAKE] = intake_service
     app[http_app.AUTHENTICATOR] = auth.Authenticator(
-        outside.pool, settings.intake.api_key_cache_ttl_s
+        outside.db, settings.intake.api_key_cache_ttl_s
     )
-    app[health.READINESS] = lambda: _readiness(outside.pool, outside.thunderhead, relay)
+    app[health.READINESS] = lambda: _readiness(outside.db, outside.thunderhead, relay)
     app[admin.POOLS] = pools
     app[admin.POKE_RELAY] = relay.poke
     return app

@@ -74,7 +74,7 @@ class OutboxRelay(Component):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        db: asyncpg.Pool,
         settings: config.RelaySettings,
         kafka: config.KafkaSettings,
         events: config.EventsSettings,
@@ -82,7 +82,7 @@ class OutboxRelay(Component):
         embedded: bool,
     ) -> None:
         """``kafka.bootstrap_servers`` names the cluster (embedded: the broker's address)."""
-        self._pool = pool
+        self._db = db
         self._settings = settings
         self._kafka = kafka
         self._events = events
@@ -153,7 +153,7 @@ class OutboxRelay(Component):
     async def _serve(self) -> None:
         """One attempt at leadership; lead while it lasts, else wait to try again."""
         try:
-            async with self._pool.acquire(timeout=_ACQUIRE_TIMEOUT_S) as conn:
+            async with self._db.acquire(timeout=_ACQUIRE_TIMEOUT_S) as conn:
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
                     try:
                         await self._lead(conn)

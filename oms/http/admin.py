@@ -88,14 +88,14 @@ async def dead_events(request: web.Request) -> web.Response:
         raise exceptions.InvalidQuery("limit and after must be integers") from exc
     if not 1 <= limit <= 500:
         raise exceptions.InvalidQuery("limit must be between 1 and 500")
-    async with request.app[intake.POOL].acquire() as conn:
+    async with request.app[intake.DB].acquire() as conn:
         rows = await outbox.list_dead(conn, limit + 1, after)
     page = rows[:limit]
     return intake.json_response(DeadPage(page, page[-1].id if len(rows) > limit and page else None))
 
 
 async def backlog(request: web.Request) -> web.Response:
-    async with request.app[intake.POOL].acquire() as conn:
+    async with request.app[intake.DB].acquire() as conn:
         found = await outbox.backlog(conn)
     return intake.json_response(Backlog(found.unpublished, found.oldest_age_s, found.dead))
 
@@ -105,7 +105,7 @@ async def republish(request: web.Request) -> web.Response:
         outbox_id = int(request.match_info["outbox_id"])
     except ValueError as exc:
         raise exceptions.DocumentNotFound("no such dead event") from exc
-    async with request.app[intake.POOL].acquire() as conn:
+    async with request.app[intake.DB].acquire() as conn:
         found = await outbox.republish(conn, outbox_id)
     if not found:
         raise exceptions.DocumentNotFound("no such dead event")
@@ -118,7 +118,7 @@ async def get_any_document(request: web.Request) -> web.Response:
         document_id = uuid.UUID(request.match_info["document_id"])
     except ValueError as exc:
         raise exceptions.DocumentNotFound() from exc
-    async with request.app[intake.POOL].acquire() as conn:
+    async with request.app[intake.DB].acquire() as conn:
         document = await documents.get(conn, document_id, None)
     if document is None:
         raise exceptions.DocumentNotFound()

@@ -18,8 +18,8 @@ PRINCIPAL = web.RequestKey("principal", api_keys.Principal)
 
 
 class Authenticator:
-    def __init__(self, pool: asyncpg.Pool, cache_ttl_s: float) -> None:
-        self._pool = pool
+    def __init__(self, db: asyncpg.Pool, cache_ttl_s: float) -> None:
+        self._db = db
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, api_keys.StoredKey | None]] = {}
 
@@ -41,7 +41,7 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        async with self._pool.acquire() as conn:  # unreachable: 503 from the HTTP layer
+        async with self._db.acquire() as conn:  # unreachable: 503 from the HTTP layer
             stored = await api_keys.fetch(conn, key_id)
         if len(self._cache) > 10_000:  # bounded: guessed key ids must not grow memory
             self._cache.clear()

@@ -23,7 +23,7 @@ from oms.store import documents
 T = TypeVar("T")
 
 INTAKE = web.AppKey("intake", IntakeService)
-POOL = web.AppKey("pool", asyncpg.Pool)
+DB = web.AppKey("db", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", config.Settings)
 
 _request_decoder = msgspec.json.Decoder(domain.DocumentRequest)
@@ -192,7 +192,7 @@ async def create_batch(request: web.Request) -> web.Response:
 async def get_document(request: web.Request) -> web.Response:
     principal = request[auth.PRINCIPAL]
     document_id = _document_id(request)
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[DB].acquire() as conn:
         document = await documents.get(conn, document_id, principal.source_system)
     if document is None:
         raise exceptions.DocumentNotFound()
@@ -245,7 +245,7 @@ async def list_documents(request: web.Request) -> web.Response:
         created_before=_query_time(request, "created_before"),
     )
     after = decode_cursor(query["cursor"]) if "cursor" in query else None
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[DB].acquire() as conn:
         page, next_cursor = await documents.list_page(conn, where, after, limit)
     items = [msgspec.structs.replace(d, links=intake_service.links(d.id)) for d in page]
     return json_response(
@@ -257,7 +257,7 @@ async def cancel_document(request: web.Request) -> web.Response:
     principal = request[auth.PRINCIPAL]
     document_id = _document_id(request)
     topics = request.app[INTAKE].topics
-    async with request.app[POOL].acquire() as conn:
+    async with request.app[DB].acquire() as conn:
         result = await documents.cancel(
             conn,
             document_id,

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 class IdempotencyKeyPurge(Component):
     name = "idempotency key purge"
 
-    def __init__(self, pool: asyncpg.Pool, settings: config.IntakeSettings) -> None:
-        self._pool = pool
+    def __init__(self, db: asyncpg.Pool, settings: config.IntakeSettings) -> None:
+        self._db = db
         self._settings = settings
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -32,7 +32,7 @@ class IdempotencyKeyPurge(Component):
 
     async def purge_once(self) -> int:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 removed = await idempotency.purge_expired(conn, datetime.now(UTC))
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             logger.warning("idempotency key purge failed: %s", exc)

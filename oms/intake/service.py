@@ -47,7 +47,7 @@ def links(document_id: uuid.UUID) -> domain.Links:
 class IntakeService:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        db: asyncpg.Pool,
         writer: DocumentWriter,
         refdata: RefDataClient,
         settings: config.IntakeSettings,
@@ -56,7 +56,7 @@ class IntakeService:
     ) -> None:
         self.topics = topics
         self._requested = requested
-        self._pool = pool
+        self._db = db
         self._writer = writer
         self._refdata = refdata
         self._settings = settings
@@ -212,7 +212,7 @@ class IntakeService:
         self, source_system: str, key: str
     ) -> idempotency.IdempotencyRecord | None:
         # A connection failure here is answered 503 by the HTTP layer, like any other.
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             return await idempotency.find(conn, source_system, key, datetime.now(UTC))
 
 

@@ -33,11 +33,11 @@ class DocumentWriter(Component):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        db: asyncpg.Pool,
         topics: journal.Topics,
         settings: config.IntakeSettings,
     ) -> None:
-        self._pool = pool
+        self._db = db
         self._topics = topics
         self._settings = settings
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](
@@ -115,7 +115,7 @@ class DocumentWriter(Component):
     async def _store(self, items: list[documents.NewDocument]) -> list[documents.InsertOutcome]:
         started = time.perf_counter()
         try:
-            async with self._pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 outcomes = await documents.insert_many(conn, items, self._topics)
         except CONNECTION_ERRORS as exc:
             metrics.COMMIT_FAILURES.labels("database_unavailable").inc()
