@@ -162,7 +162,7 @@ class OutboxRelay(Component):
                     return
                 await self._refresh_backlog(conn)
         except _DB_ERRORS as exc:
-            self.last_error = f"database: {_describe(exc)}"
+            self.last_error = f"database: {kafka_producer.describe(exc)}"
             logger.warning("outbox relay lost the database", extra={"error": self.last_error})
         await self._sleep(self._settings.leader_retry_s)
 
@@ -232,11 +232,11 @@ class OutboxRelay(Component):
             with anyio.fail_after(timeout_s + _CLOSE_DEADLINE_S):
                 await producer.start()
         except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
-            await _close(producer)
-            self._kafka_failed(_describe(exc))
+            await kafka_producer.close(producer, _CLOSE_DEADLINE_S)
+            self._kafka_failed(kafka_producer.describe(exc))
             return False
         except BaseException:
-            await _close(producer)
+            await kafka_producer.close(producer, _CLOSE_DEADLINE_S)
             raise
         self._producer = producer
         self._last_contact = time.monotonic()
@@ -251,7 +251,7 @@ class OutboxRelay(Component):
             with anyio.fail_after(self._kafka.request_timeout_s):
                 await self._producer.client.fetch_all_metadata()
         except (kafka_errors.KafkaError, OSError, TimeoutError) as exc:
-            self._kafka_failed(_describe(exc))
+            self._kafka_failed(kafka_producer.describe(exc))
             await self._close_producer()
             return
         self._kafka_ok()
@@ -274,20 +274,34 @@ class OutboxRelay(Component):
                     record.topic, record.value, key=record.key, headers=record.headers
                 )
             except kafka_errors.KafkaError as exc:
-                kind = kafka_producer.record_error_kind(exc)
-                error = _describe(exc)
-                if (
-                    kind is None
-                    and isinstance(exc, kafka_errors.UnknownTopicOrPartitionError)
-                    and await self._topic_refused(row.topic)
-                ):
-                    kind = kafka_producer.TOPIC_REFUSED
-                    error = refused_topics[row.topic] = f"Kafka has no topic {row.topic!r}"
+                kind, error = await self._send_failure(row, exc, refused_topics)
                 result.fail(row, kind, error)
                 if kind is None:
                     break  # Kafka itself is failing: the rest waits for the next round
                 continue
             in_flight.append((row, future))
+        await self._await_reports(in_flight, result)
+        return result
+
+    async def _send_failure(
+        self, row: outbox.OutboxRow, exc: kafka_errors.KafkaError, refused_topics: dict[str, str]
+    ) -> tuple[str | None, str]:
+        """What a refused send means: the row's own fault (a kind), or Kafka's (None)."""
+        kind = kafka_producer.record_error_kind(exc)
+        if (
+            kind is None
+            and isinstance(exc, kafka_errors.UnknownTopicOrPartitionError)
+            and await self._topic_refused(row.topic)
+        ):
+            refused_topics[row.topic] = f"Kafka has no topic {row.topic!r}"
+            return kafka_producer.TOPIC_REFUSED, refused_topics[row.topic]
+        return kind, kafka_producer.describe(exc)
+
+    async def _await_reports(
+        self,
+        in_flight: list[tuple[outbox.OutboxRow, asyncio.Future[object]]],
+        result: relay_round.Round,
+    ) -> None:
         if in_flight:
             # aiokafka expires a batch after request_timeout itself; this is a safety net.
             with anyio.move_on_after(2 * self._kafka.request_timeout_s + _CLOSE_DEADLINE_S):
@@ -296,10 +310,11 @@ class OutboxRelay(Component):
             if not future.done():
                 result.fail(row, None, "no delivery report from Kafka in time")
             elif (exc := future.exception()) is not None:
-                result.fail(row, kafka_producer.record_error_kind(exc), _describe(exc))
+                result.fail(
+                    row, kafka_producer.record_error_kind(exc), kafka_producer.describe(exc)
+                )
             else:
                 result.delivered.append(row)
-        return result
 
     async def _topic_refused(self, topic: str) -> bool:
         """After a send found no metadata for ``topic``: is Kafka up without that topic?"""
@@ -388,20 +403,7 @@ class OutboxRelay(Component):
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _close(producer)
-
-
-async def _close(producer: AIOKafkaProducer) -> None:
-    with anyio.move_on_after(_CLOSE_DEADLINE_S, shield=True):
-        try:
-            await producer.stop()
-        except kafka_errors.KafkaError as exc:
-            logger.debug("Kafka producer closed with an error", extra={"error": repr(exc)})
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+            await kafka_producer.close(producer, _CLOSE_DEADLINE_S)
 
 
 def _now() -> datetime:

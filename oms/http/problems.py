@@ -127,8 +127,24 @@ def response(problem: Problem, headers: dict[str, str] | None = None) -> web.Res
     )
 
 
+# Errors whose problem says no more than the error's own message.
+_PLAIN: dict[type[exceptions.OmsError], ProblemType] = {
+    exceptions.Unauthorized: UNAUTHORIZED,
+    exceptions.Forbidden: FORBIDDEN,
+    exceptions.PayloadTooLarge: TOO_LARGE,
+    exceptions.UnsupportedMediaType: UNSUPPORTED_MEDIA,
+    exceptions.InvalidHeader: BAD_HEADER,
+    exceptions.InvalidQuery: BAD_QUERY,
+    exceptions.DocumentNotFound: NOT_FOUND,
+    exceptions.IdempotencyKeyReused: IDEMPOTENCY_REUSED,
+}
+
+
 def from_exception(exc: exceptions.OmsError) -> Problem:
     """The problem a client sees for an OMS error (None of the internals leak)."""
+    plain = next((_PLAIN[t] for t in type(exc).__mro__ if t in _PLAIN), None)
+    if plain is not None:
+        return build(plain, str(exc))
     match exc:
         case exceptions.UnknownReference():
             return build(
@@ -140,24 +156,8 @@ def from_exception(exc: exceptions.OmsError) -> Problem:
             return build(
                 INVALID, str(exc), errors=[FieldError(pointer(exc.field), exc.reason, exc.code)]
             )
-        case exceptions.Unauthorized():
-            return build(UNAUTHORIZED, str(exc))
-        case exceptions.Forbidden():
-            return build(FORBIDDEN, str(exc))
-        case exceptions.PayloadTooLarge():
-            return build(TOO_LARGE, str(exc))
-        case exceptions.UnsupportedMediaType():
-            return build(UNSUPPORTED_MEDIA, str(exc))
-        case exceptions.InvalidHeader():
-            return build(BAD_HEADER, str(exc))
-        case exceptions.InvalidQuery():
-            return build(BAD_QUERY, str(exc))
-        case exceptions.DocumentNotFound():
-            return build(NOT_FOUND, str(exc))
         case exceptions.DuplicateClientReference():
             return build(DUPLICATE_REFERENCE, str(exc), document_id=str(exc.document_id))
-        case exceptions.IdempotencyKeyReused():
-            return build(IDEMPOTENCY_REUSED, str(exc))
         case exceptions.IdempotencyKeyInFlight():
             return build(IDEMPOTENCY_IN_FLIGHT, str(exc), retry_after=1)
         case exceptions.CancelRejected():

@@ -8,10 +8,15 @@ help for long, so it is charged an attempt and ends in the error table).
 
 from __future__ import annotations
 
+import logging
+
+import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 
 from oms import config
+
+logger = logging.getLogger(__name__)
 
 # aiokafka's default, kept explicit: the embedded Tansu accepts far larger
 # records (20 MB went through), a stock Kafka broker refuses above ~1 MB.
@@ -64,3 +69,18 @@ def record_error_kind(exc: BaseException) -> str | None:
         if isinstance(exc, error_type):
             return kind
     return None
+
+
+async def close(producer: AIOKafkaProducer, deadline_s: float) -> None:
+    """Stop a producer within ``deadline_s``, even when cancelled; errors only logged."""
+    with anyio.move_on_after(deadline_s, shield=True):
+        try:
+            await producer.stop()
+        except kafka_errors.KafkaError as exc:
+            logger.debug("Kafka producer closed with an error", extra={"error": repr(exc)})
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line for logs and the outbox row: its type, and its text if any."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
