@@ -194,6 +194,8 @@ class OutboxRelay(Component):
                 await self._sleep(self._backoff(self._kafka_failures))
                 continue
             self._wake = anyio.Event()  # a poke from now on ends the idle wait below
+            if self._stop_requested:
+                break  # stop() came while connecting: its poke went to the old event
             rows = await outbox.fetch_due(conn, self._settings.batch_size, _now())
             if rows:
                 result = await self._publish(rows)
