@@ -135,37 +135,72 @@ async def _open_outside(settings: config.Settings, stack: AsyncExitStack) -> Out
     return Outside(dsn, pool, refdata_url, refdata, thunderhead_url, thunderhead, kafka)
 
 
+class Pipeline(msgspec.Struct, frozen=True):
+    """OMS between its doors: intake's use case, the stages, their timers and scans.
+
+    ``run`` puts HTTP in front and the outbox relay behind; tests run it alone
+    (``oms.lifecycle.run_all``) to exercise the stages without either.
+    """
+
+    components: list[Declared]
+    intake: IntakeService
+    pools: dict[str, ActorPool[Any]]
+
+
 def _components(
     settings: config.Settings, outside: Outside
 ) -> tuple[list[Declared], HttpServer, dict[str, ActorPool[Any]]]:
     """OMS's components in dependency order: started in this order, drained in reverse.
 
-    Draining in reverse: stop listening and finish requests in hand, write what
-    intake queued, stop the timers and scans (they hold no work), let the
-    processing actors finish their message, send open batches and settle them,
-    let the pollers finish, then publish what the stages just wrote.
+    The relay starts first and drains last (it publishes what the stages just
+    wrote); HTTP starts last and drains first (stop listening, finish requests
+    in hand).
     """
-    pool, processing_s, monitoring_s = outside.pool, settings.processing, settings.monitoring
-    events_mode = settings.pipeline.mode == "events"
-    topics = journal.Topics.from_settings(settings.events)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
     relay = OutboxRelay(
-        pool,
+        outside.pool,
         settings.relay,
         outside.kafka,
         settings.events,
         embedded=not settings.kafka.bootstrap_servers,
     )
+    stages = pipeline(settings, outside.pool, outside.refdata, outside.thunderhead)
+    http = HttpServer(
+        _web_app(settings, outside, relay, stages.intake, stages.pools), settings.server
+    )
+    components: list[Declared] = []
+    if settings.relay.enabled:
+        components.append(Declared(relay, Policy.RESTART, settings.processing.drain_deadline_s))
+    else:
+        logger.warning("outbox relay disabled: events wait in the outbox")
+    components += stages.components
+    components.append(Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1))
+    return components, http, stages.pools
+
+
+def pipeline(
+    settings: config.Settings,
+    pool: asyncpg.Pool,
+    refdata: RefDataClient,
+    thunderhead: ThunderheadClient,
+) -> Pipeline:
+    """Intake's writer, the stages and their scans, in dependency order.
+
+    Draining in reverse: write what intake queued, stop the timers and scans
+    (they hold no work), let the processing actors finish their message, send
+    open batches and settle them, let the pollers finish.
+    """
+    processing_s, monitoring_s = settings.processing, settings.monitoring
+    events_mode = settings.pipeline.mode == "events"
+    topics = journal.Topics.from_settings(settings.events)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
     requested_box = PriorityMailbox[domain.DocumentRequested](
         "document.requested", processing_s.mailbox_capacity, key=lambda event: event.document_id
     )
     polls = PriorityMailbox[PollJob](
         "monitoring.poll", monitoring_s.mailbox_capacity, key=lambda job: job.job_id
     )
-    monitoring = MonitoringStage(
-        pool, outside.thunderhead, monitoring_s, topics, polls, push=events_mode
-    )
+    monitoring = MonitoringStage(pool, thunderhead, monitoring_s, topics, polls, push=events_mode)
     retries = DueSchedule[domain.DocumentRequested](
         "processing",
         processing_s.retry_schedule_max,
@@ -181,20 +216,14 @@ def _components(
         handoff.ToMonitoring(monitoring) if events_mode else handoff.Nothing()
     )
     reconciler = Reconciler(
-        pool,
-        outside.thunderhead,
-        processing_s,
-        topics,
-        owner,
-        requested=requested,
-        submitted=submitted,
+        pool, thunderhead, processing_s, topics, owner, requested=requested, submitted=submitted
     )
     settler = Settler(
         pool, processing_s, topics, requested=requested, submitted=submitted, reconciler=reconciler
     )
-    submitter = Submitter(pool, outside.thunderhead, processing_s, settler)
+    submitter = Submitter(pool, thunderhead, processing_s, settler)
     processing = ProcessingStage(
-        pool, outside.refdata, processing_s, owner, submitter=submitter, settler=settler
+        pool, refdata, processing_s, owner, submitter=submitter, settler=settler
     )
     processing_pool = ActorPool(
         "processing",
@@ -213,15 +242,10 @@ def _components(
     if processing_s.start_paused:
         processing_pool.pause()
     writer = DocumentWriter(pool, topics, settings.intake)
-    intake_service = IntakeService(
-        pool, writer, outside.refdata, settings.intake, topics, requested
-    )
-    pools = {"processing": processing_pool, "monitoring": monitoring_pool}
-    http = HttpServer(_web_app(settings, outside, relay, intake_service, pools), settings.server)
+    intake_service = IntakeService(pool, writer, refdata, settings.intake, topics, requested)
 
     drain_s = processing_s.drain_deadline_s
     components = [
-        Declared(relay, Policy.RESTART, drain_s) if settings.relay.enabled else None,
         Declared(IdempotencyKeyPurge(pool, settings.intake), Policy.RESTART),
         Declared(monitoring_pool, Policy.STOP, monitoring_s.drain_deadline_s),
         Declared(submitter, Policy.STOP, drain_s),
@@ -231,11 +255,9 @@ def _components(
         Declared(monitoring.schedule, Policy.RESTART) if events_mode else None,
         Declared(retries, Policy.RESTART) if events_mode else None,
         Declared(writer, Policy.STOP, settings.server.shutdown_timeout_s),
-        Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1),
     ]
-    if not settings.relay.enabled:
-        logger.warning("outbox relay disabled: events wait in the outbox")
-    return [c for c in components if c is not None], http, pools
+    pools = {"processing": processing_pool, "monitoring": monitoring_pool}
+    return Pipeline([c for c in components if c is not None], intake_service, pools)
 
 
 def _web_app(
