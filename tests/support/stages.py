@@ -111,7 +111,10 @@ async def running_stages(settings: config.Settings) -> AsyncIterator[RunningStag
                 finally:
                     stop.set()
     finally:
-        await db.close()
+        with anyio.move_on_after(10, shield=True) as closing:
+            await db.close()
+        if closing.cancelled_caught:
+            db.terminate()
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -13,9 +14,9 @@ from oms.actors.batcher import Batcher
 
 
 @asynccontextmanager
-async def batcher(**settings: float) -> AsyncIterator[Batcher[str]]:
+async def batcher(**settings: Any) -> AsyncIterator[Batcher[str]]:
     """A batcher whose streams are closed at the end, whatever the test left open."""
-    b: Batcher[str] = Batcher(config.ProcessingSettings(**settings))  # type: ignore[arg-type]
+    b: Batcher[str] = Batcher(config.ProcessingSettings(**settings))
     try:
         yield b
     finally:
