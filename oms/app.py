@@ -1,11 +1,11 @@
-"""Wiring and lifecycle: what starts, in which order, and how it stops.
+"""Wiring: what OMS talks to, and the components it runs, in dependency order.
 
-Start-up order: database (embedded if no DSN) → pool → migrations → Reference
-Data and Thunderhead clients (in-process simulators if no URL) → intake writer,
-batcher, processing pool → HTTP. ``task_status`` is signalled only once HTTP
-listens. Shutdown runs the other way: stop listening and drain handlers, drain
-the writer, let actors finish the message in hand, send open batches, then close
-the clients, the pool and the embedded database, each with a deadline.
+``run`` opens the outside world first (database, embedded if no DSN; pool and
+migrations; Reference Data and Thunderhead clients, in-process simulators if no
+URL; Kafka, embedded if none), then hands the component list to
+``oms.lifecycle.run_all``: started in order (``task_status`` fires once HTTP
+listens), drained in reverse on ``stop``; the outside world closes last, each
+part with a deadline. docs/architecture.md has the list and why it is ordered so.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from oms import config, domain, exceptions, lifecycle, metrics
+from oms import config, domain, exceptions, lifecycle, metrics, readiness
 from oms.actors import handoff
 from oms.actors.mailbox import PriorityMailbox
 from oms.actors.monitoring import MonitoringStage, PollJob
@@ -37,7 +37,7 @@ from oms.actors.settle import Settler
 from oms.actors.submitter import Submitter
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
-from oms.db.pool import CONNECTION_ERRORS, create_pool
+from oms.db.pool import create_pool
 from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
 from oms.http.server import HttpServer
@@ -135,37 +135,72 @@ async def _open_outside(settings: config.Settings, stack: AsyncExitStack) -> Out
     return Outside(dsn, db, refdata_url, refdata, thunderhead_url, thunderhead, kafka)
 
 
+class Pipeline(msgspec.Struct, frozen=True):
+    """OMS between its doors: intake's use case, the stages, their timers and scans.
+
+    ``run`` puts HTTP in front and the outbox relay behind; tests run it alone
+    (``oms.lifecycle.run_all``) to exercise the stages without either.
+    """
+
+    components: list[Declared]
+    intake: IntakeService
+    pools: dict[str, ActorPool[Any]]
+
+
 def _components(
     settings: config.Settings, outside: Outside
 ) -> tuple[list[Declared], HttpServer, dict[str, ActorPool[Any]]]:
     """OMS's components in dependency order: started in this order, drained in reverse.
 
-    Draining in reverse: stop listening and finish requests in hand, write what
-    intake queued, stop the timers and scans (they hold no work), let the
-    processing actors finish their message, send open batches and settle them,
-    let the pollers finish, then publish what the stages just wrote.
+    The relay starts first and drains last (it publishes what the stages just
+    wrote); HTTP starts last and drains first (stop listening, finish requests
+    in hand).
     """
-    db, processing_s, monitoring_s = outside.db, settings.processing, settings.monitoring
-    events_mode = settings.pipeline.mode == "events"
-    topics = journal.Topics.from_settings(settings.events)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
     relay = OutboxRelay(
-        db,
+        outside.db,
         settings.relay,
         outside.kafka,
         settings.events,
         embedded=not settings.kafka.bootstrap_servers,
     )
+    stages = pipeline(settings, outside.db, outside.refdata, outside.thunderhead)
+    http = HttpServer(
+        _web_app(settings, outside, relay, stages.intake, stages.pools), settings.server
+    )
+    components: list[Declared] = []
+    if settings.relay.enabled:
+        components.append(Declared(relay, Policy.RESTART, settings.processing.drain_deadline_s))
+    else:
+        logger.warning("outbox relay disabled: events wait in the outbox")
+    components += stages.components
+    components.append(Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1))
+    return components, http, stages.pools
+
+
+def pipeline(
+    settings: config.Settings,
+    db: asyncpg.Pool,
+    refdata: RefDataClient,
+    thunderhead: ThunderheadClient,
+) -> Pipeline:
+    """Intake's writer, the stages and their scans, in dependency order.
+
+    Draining in reverse: write what intake queued, stop the timers and scans
+    (they hold no work), let the processing actors finish their message, send
+    open batches and settle them, let the pollers finish.
+    """
+    processing_s, monitoring_s = settings.processing, settings.monitoring
+    events_mode = settings.pipeline.mode == "events"
+    topics = journal.Topics.from_settings(settings.events)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
     requested_box = PriorityMailbox[domain.DocumentRequested](
         "document.requested", processing_s.mailbox_capacity, key=lambda event: event.document_id
     )
     polls = PriorityMailbox[PollJob](
         "monitoring.poll", monitoring_s.mailbox_capacity, key=lambda job: job.job_id
     )
-    monitoring = MonitoringStage(
-        db, outside.thunderhead, monitoring_s, topics, polls, push=events_mode
-    )
+    monitoring = MonitoringStage(db, thunderhead, monitoring_s, topics, polls, push=events_mode)
     retries = DueSchedule[domain.DocumentRequested](
         "processing",
         processing_s.retry_schedule_max,
@@ -181,20 +216,14 @@ def _components(
         handoff.ToMonitoring(monitoring) if events_mode else handoff.Nothing()
     )
     reconciler = Reconciler(
-        db,
-        outside.thunderhead,
-        processing_s,
-        topics,
-        owner,
-        requested=requested,
-        submitted=submitted,
+        db, thunderhead, processing_s, topics, owner, requested=requested, submitted=submitted
     )
     settler = Settler(
         db, processing_s, topics, requested=requested, submitted=submitted, reconciler=reconciler
     )
-    submitter = Submitter(db, outside.thunderhead, processing_s, settler)
+    submitter = Submitter(db, thunderhead, processing_s, settler)
     processing = ProcessingStage(
-        db, outside.refdata, processing_s, owner, submitter=submitter, settler=settler
+        db, refdata, processing_s, owner, submitter=submitter, settler=settler
     )
     processing_pool = ActorPool(
         "processing",
@@ -213,13 +242,10 @@ def _components(
     if processing_s.start_paused:
         processing_pool.pause()
     writer = DocumentWriter(db, topics, settings.intake)
-    intake_service = IntakeService(db, writer, outside.refdata, settings.intake, topics, requested)
-    pools = {"processing": processing_pool, "monitoring": monitoring_pool}
-    http = HttpServer(_web_app(settings, outside, relay, intake_service, pools), settings.server)
+    intake_service = IntakeService(db, writer, refdata, settings.intake, topics, requested)
 
     drain_s = processing_s.drain_deadline_s
     components = [
-        Declared(relay, Policy.RESTART, drain_s) if settings.relay.enabled else None,
         Declared(IdempotencyKeyPurge(db, settings.intake), Policy.RESTART),
         Declared(monitoring_pool, Policy.STOP, monitoring_s.drain_deadline_s),
         Declared(submitter, Policy.STOP, drain_s),
@@ -229,11 +255,9 @@ def _components(
         Declared(monitoring.schedule, Policy.RESTART) if events_mode else None,
         Declared(retries, Policy.RESTART) if events_mode else None,
         Declared(writer, Policy.STOP, settings.server.shutdown_timeout_s),
-        Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1),
     ]
-    if not settings.relay.enabled:
-        logger.warning("outbox relay disabled: events wait in the outbox")
-    return [c for c in components if c is not None], http, pools
+    pools = {"processing": processing_pool, "monitoring": monitoring_pool}
+    return Pipeline([c for c in components if c is not None], intake_service, pools)
 
 
 def _web_app(
@@ -250,7 +274,7 @@ def _web_app(
     app[http_app.AUTHENTICATOR] = auth.Authenticator(
         outside.db, settings.intake.api_key_cache_ttl_s
     )
-    app[health.READINESS] = lambda: _readiness(outside.db, outside.thunderhead, relay)
+    app[health.READINESS] = lambda: readiness.check(outside.db, outside.thunderhead, relay)
     app[admin.POOLS] = pools
     app[admin.POKE_RELAY] = relay.poke
     return app
@@ -351,39 +375,3 @@ async def _start_simulator(stack: AsyncExitStack, sim: web.Application) -> str:
     await site.start()
     host, port = runner.addresses[0][:2]
     return f"http://{host}:{port}"
-
-
-async def _readiness(
-    pool: asyncpg.Pool, thunderhead: ThunderheadClient, relay: OutboxRelay
-) -> health.ReadinessReport:
-    """Database reachable, schema current, Thunderhead answering, Kafka taking events.
-
-    Kafka being down does not stop intake (the outbox keeps every event), but
-    readiness says so, so an operator sees it.
-    """
-    checks: dict[str, str] = {}
-    checks["kafka"] = "ok" if relay.healthy else f"failing: {relay.last_error or 'unknown'}"
-    with anyio.move_on_after(2.0):
-        if not await thunderhead.ping():
-            problem = thunderhead.credentials_error
-            checks["thunderhead"] = f"credentials refused: {problem}" if problem else "unreachable"
-        elif thunderhead.api_error:
-            checks["thunderhead"] = f"misconfigured: {thunderhead.api_error}"
-        else:
-            checks["thunderhead"] = "ok"
-    checks.setdefault("thunderhead", "timed out")
-    with anyio.move_on_after(2.0) as scope:
-        try:
-            async with pool.acquire() as conn:
-                version = await migrate.applied_version(conn)
-            checks["database"] = "ok"
-            latest = migrate.latest_version()
-            checks["migrations"] = (
-                "ok" if version == latest else f"schema at {version}, expected {latest}"
-            )
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-    if scope.cancelled_caught:
-        checks["database"] = "timed out"
-    ready = all(v == "ok" for v in checks.values()) and "migrations" in checks
-    return health.ReadinessReport(ready, checks)

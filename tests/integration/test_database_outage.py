@@ -1,4 +1,8 @@
-"""PostgreSQL stopped under a running OMS: clear 503s, then recovery without a restart."""
+"""PostgreSQL stopped under a running OMS: clear 503s, then recovery without a restart.
+
+Intake's answers need the whole OMS; the pipeline's recovery needs only the
+stages (``tests.support.stages``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from oms.db import embedded, migrate
 from oms.store import api_keys
 from tests.conftest import SOURCE_KEY, RunningOms, SimServer, make_settings
 from tests.integration.intake_support import document
+from tests.support.stages import running_stages
 
 HEADERS = {"Authorization": f"Bearer {SOURCE_KEY}"}
 
@@ -94,53 +99,47 @@ async def test_intake_answers_503_while_the_database_is_down_and_recovers(
 
 
 async def test_the_pipeline_survives_a_database_restart_mid_run(
-    own_postgres: embedded.EmbeddedPostgres, refdata_server: SimServer
+    own_postgres: embedded.EmbeddedPostgres,
+    refdata_server: SimServer,
+    thunderhead_server: SimServer,
 ) -> None:
     """Actors meet a dead database mid-work; once it is back every document still ends final."""
     conn = await asyncpg.connect(own_postgres.dsn)
     await migrate.migrate(conn)
-    await api_keys.upsert(conn, SOURCE_KEY, "acme-policy", "source")
     await conn.close()
-    running = RunningOms(
-        make_settings(
-            own_postgres.dsn,
-            refdata_server.url,
-            database={"connect_timeout_s": 1.0, "command_timeout_s": 2.0},
-            processing={
-                "start_paused": False,
-                "batch_max_age_s": 0.1,
-                "lease_s": 3.0,
-                "restart_backoff_s": 0.05,
-                "max_redeliveries": 100,
-                "backoff_base_s": 0.05,
-                "backoff_max_s": 0.5,
-            },
-            monitoring={"poll_initial_s": 0.1, "poll_max_s": 0.5},
-            sweeper={"interval_s": 0.5, "received_after_s": 1.0, "submitted_unpolled_after_s": 1.0},
-        )
+    settings = make_settings(
+        own_postgres.dsn,
+        refdata_server.url,
+        thunderhead_server.url,
+        database={"connect_timeout_s": 1.0, "command_timeout_s": 2.0},
+        processing={
+            "start_paused": False,
+            "batch_max_age_s": 0.1,
+            "lease_s": 3.0,
+            "restart_backoff_s": 0.05,
+            "max_redeliveries": 100,
+            "backoff_base_s": 0.05,
+            "backoff_max_s": 0.5,
+        },
+        monitoring={"poll_initial_s": 0.1, "poll_max_s": 0.5},
+        sweeper={"interval_s": 0.5, "received_after_s": 1.0, "submitted_unpolled_after_s": 1.0},
     )
-    await running.start()
-    try:
-        async with aiohttp.ClientSession(running.url, headers=HEADERS) as http:
-            accepted = []
-            for n in range(30):
-                async with http.post("/v1/documents", json=document(f"M-{n}")) as response:
-                    assert response.status == 202
-                    accepted.append((await response.json())["id"])
-            own_postgres.stop(mode="immediate")  # mid-run: claims, batches, polls in flight
-            await anyio.sleep(1.5)
-            own_postgres.start()
-            with anyio.fail_after(60):
-                while True:
-                    try:
-                        conn = await asyncpg.connect(own_postgres.dsn)
-                        rows = await conn.fetch("SELECT status FROM documents")
-                        await conn.close()
-                    except (OSError, asyncpg.PostgresError):
-                        rows = []
-                    if len(rows) == 30 and all(r["status"] == "COMPLETED" for r in rows):
-                        break
-                    await anyio.sleep(0.2)
-    finally:
-        await running.stop()
+    async with running_stages(settings) as stages:
+        accepted = []
+        for n in range(30):
+            accepted.append(await stages.submit(document(f"M-{n}")))
+        own_postgres.stop(mode="immediate")  # mid-run: claims, batches, polls in flight
+        await anyio.sleep(1.5)
+        own_postgres.start()
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    conn = await asyncpg.connect(own_postgres.dsn)
+                    rows = await conn.fetch("SELECT status FROM documents")
+                    await conn.close()
+                except (OSError, asyncpg.PostgresError):
+                    rows = []
+                if len(rows) == 30 and all(r["status"] == "COMPLETED" for r in rows):
+                    break
+                await anyio.sleep(0.2)
     assert len(accepted) == 30

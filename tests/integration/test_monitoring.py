@@ -1,4 +1,8 @@
-"""Monitoring, the sweeper and the scheduled mode, against the real simulator over HTTP."""
+"""Monitoring, the sweeper and the scheduled mode, against the real simulator over HTTP.
+
+The stages run on their own (``tests.support.stages``): nothing here needs OMS's
+HTTP, relay or Kafka.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from oms.actors.monitoring import PollJob
 from oms.actors.schedule import DueSchedule
 from tests.conftest import SimServer
 from tests.integration.intake_support import document
-from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
+from tests.support.stages import stages_with, store_unannounced, wait_for_statuses
 
 FAST_POLLS = {"poll_initial_s": 0.1, "poll_growth": 1.5, "poll_max_s": 0.5}
 FINAL = {"COMPLETED", "FAILED"}
@@ -26,10 +30,10 @@ async def test_documents_complete_with_their_outputs_and_events(
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"processing_s_per_document": 0.02})
-    async with oms_with(
+    async with stages_with(
         database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS
-    ) as oms:
-        ids = await submit_all(oms, [document(f"C-{n}") for n in range(25)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"C-{n}") for n in range(25)])
         rows = await wait_for_statuses(db, ids, FINAL)
     assert {r["status"] for r in rows.values()} == {"COMPLETED"}
     result = json.loads(rows[ids[0]]["result"])
@@ -62,10 +66,10 @@ async def test_failed_generation_keeps_thunderheads_messages(
     await thunderhead_server.post(
         "/_sim/config", {"failure_ratio": 1.0, "processing_s_per_document": 0.02}
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS
-    ) as oms:
-        ids = await submit_all(oms, [document("G-1"), document("G-2")])
+    ) as stages:
+        ids = await stages.submit_all([document("G-1"), document("G-2")])
         rows = await wait_for_statuses(db, ids, FINAL)
     for row in rows.values():
         assert row["status"] == "FAILED"
@@ -86,13 +90,13 @@ async def test_a_job_that_never_finishes_fails_after_the_deadline(
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"processing_s_per_document": 3600})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         monitoring={**FAST_POLLS, "job_deadline_s": 1.0},
-    ) as oms:
-        ids = await submit_all(oms, [document("D-1")])
+    ) as stages:
+        ids = await stages.submit_all([document("D-1")])
         rows = await wait_for_statuses(db, ids, FINAL)
     assert rows[ids[0]]["status"] == "FAILED"
     assert json.loads(rows[ids[0]]["last_error"])["reason"] == "job_deadline_exceeded"
@@ -105,19 +109,13 @@ async def test_the_sweeper_recovers_a_document_whose_lease_expired(
     thunderhead_server: SimServer,
 ) -> None:
     # A process died holding the lease: stored PROCESSING, lease long expired.
-    async with oms_with(
-        database_dsn,
-        refdata_server,
-        thunderhead_server,
-        processing={"start_paused": True},
-    ) as oms:
-        ids = await submit_all(oms, [document("L-1")])
+    ids = await store_unannounced(database_dsn, [document("L-1")])
     await db.execute(
         """UPDATE documents SET status = 'PROCESSING', lease_owner = 'dead-host:1:abc/x',
                lease_expires_at = now() - interval '1 minute' WHERE id = $1""",
         ids[0],
     )
-    async with oms_with(database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS):
+    async with stages_with(database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS):
         rows = await wait_for_statuses(db, ids, FINAL)
     assert rows[ids[0]]["status"] == "COMPLETED"
     details = [
@@ -136,12 +134,9 @@ async def test_the_sweeper_re_feeds_documents_no_event_carried(
     refdata_server: SimServer,
     thunderhead_server: SimServer,
 ) -> None:
-    # Stored while processing was paused, then OMS stopped: the in-memory events are gone.
-    async with oms_with(
-        database_dsn, refdata_server, thunderhead_server, processing={"start_paused": True}
-    ) as oms:
-        ids = await submit_all(oms, [document(f"S-{n}") for n in range(5)])
-    async with oms_with(database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS):
+    # Stored, then OMS stopped before any stage took them: the in-memory events are gone.
+    ids = await store_unannounced(database_dsn, [document(f"S-{n}") for n in range(5)])
+    async with stages_with(database_dsn, refdata_server, thunderhead_server, monitoring=FAST_POLLS):
         rows = await wait_for_statuses(db, ids, FINAL)
     assert {r["status"] for r in rows.values()} == {"COMPLETED"}
 
@@ -153,7 +148,7 @@ async def test_scheduled_mode_runs_the_pipeline_from_database_scans(
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"processing_s_per_document": 0.02})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
@@ -163,8 +158,8 @@ async def test_scheduled_mode_runs_the_pipeline_from_database_scans(
             "scheduled_processing_interval_s": 0.2,
             "scheduled_monitoring_interval_s": 0.2,
         },
-    ) as oms:
-        ids = await submit_all(oms, [document(f"SCH-{n}") for n in range(12)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"SCH-{n}") for n in range(12)])
         rows = await wait_for_statuses(db, ids, FINAL)
     assert {r["status"] for r in rows.values()} == {"COMPLETED"}
     statuses = await db.fetchval(
@@ -205,14 +200,14 @@ async def test_a_job_whose_status_never_answers_fails_after_the_deadline(
     await thunderhead_server.post(
         "/_sim/config", {"inject": [{"status": 500, "count": 10_000, "endpoint": "jobStatus"}]}
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         monitoring={**FAST_POLLS, "job_deadline_s": 1.0},
         thunderhead_settings={"wait_500_s": 0.1},
-    ) as oms:
-        ids = await submit_all(oms, [document("E-1")])
+    ) as stages:
+        ids = await stages.submit_all([document("E-1")])
         rows = await wait_for_statuses(db, ids, FINAL)
     assert rows[ids[0]]["status"] == "FAILED"
     assert json.loads(rows[ids[0]]["last_error"])["reason"] == "job_deadline_exceeded"

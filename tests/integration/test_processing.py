@@ -1,4 +1,8 @@
-"""Processing against the real Thunderhead simulator over HTTP: batches, faults, exactly once."""
+"""Processing against the real Thunderhead simulator over HTTP: batches, faults, exactly once.
+
+The stages run on their own (``tests.support.stages``); only what a client sees
+of the whole process (intake's 503) boots OMS.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,9 @@ import anyio
 import asyncpg
 
 from oms import metrics
-from tests.conftest import RunningOms, SimServer, make_settings
+from tests.conftest import RunningOms, SimServer
 from tests.integration.intake_support import AUTH, document, seed_keys, wait_until
-
-FAST_RETRIES = {
-    "start_paused": False,
-    "backoff_base_s": 0.05,
-    "backoff_max_s": 0.2,
-    "batch_max_age_s": 0.05,
-}
-FAST_WAITS = {"wait_429_s": 0.1, "wait_500_s": 0.1, "wait_503_s": 0.1, "submit_timeout_s": 0.5}
+from tests.support.stages import stage_settings, stages_with, wait_for_statuses
 
 
 @asynccontextmanager
@@ -34,13 +31,9 @@ async def oms_with(
     thunderhead_settings: dict[str, Any] | None = None,
     **sections: dict[str, Any],
 ) -> AsyncIterator[RunningOms]:
-    settings = make_settings(
-        database_dsn,
-        refdata_sim.url,
-        thunderhead_sim.url,
-        processing={**FAST_RETRIES, **(processing or {})},
-        thunderhead={"base_url": thunderhead_sim.url, **FAST_WAITS, **(thunderhead_settings or {})},
-        **sections,
+    """A whole OMS (HTTP, relay, Kafka) with the stages' fast settings."""
+    settings = stage_settings(
+        database_dsn, refdata_sim, thunderhead_sim, processing, thunderhead_settings, **sections
     )
     await seed_keys(database_dsn)
     oms = RunningOms(settings)
@@ -70,18 +63,6 @@ async def _append(into: list[uuid.UUID], value: Awaitable[uuid.UUID]) -> None:
     into.append(await value)
 
 
-async def wait_for_statuses(
-    db: asyncpg.Connection, ids: list[uuid.UUID], done: set[str], timeout_s: float = 20
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """Bounded wait until every document is in one of ``done``; their rows."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            rows = await db.fetch("SELECT * FROM documents WHERE id = ANY($1::uuid[])", ids)
-            if len(rows) == len(ids) and all(r["status"] in done for r in rows):
-                return {r["id"]: r for r in rows}
-            await anyio.sleep(0.05)
-
-
 HANDED_OVER = {"SUBMITTED", "COMPLETED"}
 
 
@@ -95,10 +76,10 @@ async def test_documents_reach_thunderhead_in_batches(
     refdata_server: SimServer,
     thunderhead_server: SimServer,
 ) -> None:
-    async with oms_with(
+    async with stages_with(
         database_dsn, refdata_server, thunderhead_server, processing={"batch_max_age_s": 0.3}
-    ) as oms:
-        ids = await submit_all(oms, [document(f"B-{n}") for n in range(40)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"B-{n}") for n in range(40)])
         rows = await wait_for_statuses(db, ids, HANDED_OVER)
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["transactions"] == 40
@@ -122,14 +103,14 @@ async def test_the_shared_rate_limit_holds_across_all_actors(
     thunderhead_server: SimServer,
 ) -> None:
     # One document per batch: every document is its own call, from 8 actors and 4 submitters.
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"actors": 8, "submitters": 4, "batch_max_documents": 1},
         thunderhead_settings={"rate_limit_per_s": 5.0, "rate_limit_burst": 1},
-    ) as oms:
-        ids = await submit_all(oms, [document(f"R-{n}") for n in range(20)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"R-{n}") for n in range(20)])
         await wait_for_statuses(db, ids, HANDED_OVER, timeout_s=30)
     stats = await thunderhead_server.get("/_sim/stats")
     assert stats["calls"]["submitBatch"] == 20
@@ -155,8 +136,8 @@ async def test_transient_faults_are_retried_then_succeed(
             ]
         },
     )
-    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
-        ids = await submit_all(oms, [document("T-1")])
+    async with stages_with(database_dsn, refdata_server, thunderhead_server) as stages:
+        ids = await stages.submit_all([document("T-1")])
         rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
     assert row["status"] in HANDED_OVER
@@ -181,8 +162,8 @@ async def test_a_business_failure_fails_the_document_with_thunderheads_messages(
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"business_failure": {"count": 1}})
-    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
-        ids = await submit_all(oms, [document("P-1")])
+    async with stages_with(database_dsn, refdata_server, thunderhead_server) as stages:
+        ids = await stages.submit_all([document("P-1")])
         rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
     assert row["status"] == "FAILED"
@@ -204,10 +185,10 @@ async def test_retries_exhausted_fail_the_document(
     await thunderhead_server.post(
         "/_sim/config", {"inject": [{"status": 500, "count": 100, "endpoint": "submitBatch"}]}
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn, refdata_server, thunderhead_server, processing={"max_attempts": 3}
-    ) as oms:
-        ids = await submit_all(oms, [document("X-1")])
+    ) as stages:
+        ids = await stages.submit_all([document("X-1")])
         rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     row = rows[ids[0]]
     assert row["status"] == "FAILED"
@@ -224,8 +205,8 @@ async def test_a_submit_that_times_out_after_acceptance_is_reconciled_not_resent
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"accept_then_hang": {"count": 1}})
-    async with oms_with(database_dsn, refdata_server, thunderhead_server) as oms:
-        ids = await submit_all(oms, [document(f"U-{n}") for n in range(3)])
+    async with stages_with(database_dsn, refdata_server, thunderhead_server) as stages:
+        ids = await stages.submit_all([document(f"U-{n}") for n in range(3)])
         rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     assert {r["status"] for r in rows.values()} <= HANDED_OVER
     stats = await thunderhead_server.get("/_sim/stats")
@@ -244,16 +225,16 @@ async def test_urgent_work_overtakes_a_queued_bulk_load(
     refdata_server: SimServer,
     thunderhead_server: SimServer,
 ) -> None:
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"actors": 1, "batch_max_documents": 1},
-    ) as oms:
-        pool = oms.started.pools["processing"]  # type: ignore[union-attr]
+    ) as stages:
+        pool = stages.pools["processing"]
         pool.pause()
-        bulk = await submit_all(oms, [document(f"BULK-{n}", priority="bulk") for n in range(15)])
-        urgent = await submit_all(oms, [document("URGENT", priority="urgent")])
+        bulk = await stages.submit_all([document(f"BULK-{n}", priority="bulk") for n in range(15)])
+        urgent = await stages.submit_all([document("URGENT", priority="urgent")])
         pool.resume()
         await wait_for_statuses(db, bulk + urgent, HANDED_OVER)
     claims = await db.fetch(
@@ -276,13 +257,13 @@ async def test_an_actor_that_crashes_mid_message_does_not_lose_it(
            CREATE TRIGGER refuse BEFORE INSERT ON document_timeline FOR EACH ROW
            WHEN (NEW.actor = 'processing') EXECUTE FUNCTION refuse();"""
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"restart_backoff_s": 0.05, "max_redeliveries": 50},
-    ) as oms:
-        ids = await submit_all(oms, [document("CRASH-1")])
+    ) as stages:
+        ids = await stages.submit_all([document("CRASH-1")])
 
         async def crashed_twice() -> bool:
             return counter(metrics.ACTOR_RESTARTS, "processing") >= restarts_before + 2

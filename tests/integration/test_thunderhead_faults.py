@@ -2,7 +2,9 @@
 
 Each test provokes one fault for real and asserts the documents' outcomes: every
 document ends COMPLETED, or FAILED only by Thunderhead's own verdict (or by a
-deadline the test set on purpose), and nothing is generated twice.
+deadline the test set on purpose), and nothing is generated twice. The stages
+run on their own (``tests.support.stages``); a test that reads OMS's HTTP
+answers (readiness, a document as the user sees it) boots a whole OMS.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import asyncpg
 
 from tests.conftest import SimServer
 from tests.integration.intake_support import AUTH, document, wait_until
-from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
+from tests.integration.test_processing import oms_with, submit_all
+from tests.support.stages import stages_with, wait_for_statuses
 
 FINAL = {"COMPLETED", "FAILED"}
 QUICK_POLLS = {"poll_initial_s": 0.1, "poll_max_s": 0.3}
@@ -48,15 +51,15 @@ async def test_a_tenant_limit_below_omss_rate_gives_no_429_storm_and_fails_nothi
         "/_sim/config",
         {"rate_limit_per_s": 5, "rate_limit_retry_after": False, "processing_s_per_document": 0},
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"batch_max_documents": 1, "max_attempts": 2},
         thunderhead_settings={"wait_429_s": 1.0},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"L-{n}") for n in range(60)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"L-{n}") for n in range(60)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=90)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 60}
@@ -88,7 +91,7 @@ async def test_chaos_fails_documents_only_by_thunderheads_verdict(
             "processing_s_per_document": 0.01,
         },
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
@@ -100,8 +103,8 @@ async def test_chaos_fails_documents_only_by_thunderheads_verdict(
         },
         thunderhead_settings={"timeout_s": 0.5, "submit_timeout_s": 0.5},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"C-{n}") for n in range(60)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"C-{n}") for n in range(60)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=120)
     stats = await thunderhead_server.get("/_sim/stats")
     counts = await outcomes(db, ids)
@@ -125,14 +128,20 @@ async def test_a_hung_submit_that_created_nothing_is_sent_again_once_the_window_
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"hang": {"count": 1, "endpoint": "submitBatch"}})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
-        processing={"in_flight_window_s": 1.5, "reconcile_interval_s": 0.2, "max_attempts": 1},
+        # All five in one batch (claims spread past 50 ms on a busy machine).
+        processing={
+            "in_flight_window_s": 1.5,
+            "reconcile_interval_s": 0.2,
+            "max_attempts": 1,
+            "batch_max_age_s": 0.5,
+        },
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"H-{n}") for n in range(5)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"H-{n}") for n in range(5)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=30)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 5}
@@ -155,14 +164,14 @@ async def test_accept_then_hang_is_adopted_for_the_whole_batch_with_one_find(
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"accept_then_hang": {"count": 1}})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"batch_max_documents": 20, "batch_max_age_s": 0.5},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"A-{n}") for n in range(20)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"A-{n}") for n in range(20)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=30)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 20}
@@ -213,14 +222,14 @@ async def test_a_413_splits_the_batch_and_every_document_completes(
         "/_sim/config", {"max_request_bytes": 5_000_000, "processing_s_per_document": 0.001}
     )
     big = {"statement": "x" * 60_000}
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"batch_max_documents": 100, "batch_max_age_s": 2.0},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"Z-{n}", data=big) for n in range(100)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"Z-{n}", data=big) for n in range(100)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=60)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 100}
@@ -240,14 +249,14 @@ async def test_one_bad_transaction_in_a_batch_of_100_fails_alone(
     )
     bodies: list[dict[str, Any]] = [document(f"B-{n}") for n in range(100)]
     bodies[37] = document("B-37", data={"note": "POISON"})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"batch_max_documents": 100, "batch_max_age_s": 2.0},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, bodies)
+    ) as stages:
+        ids = await stages.submit_all(bodies)
         await wait_for_statuses(db, ids, FINAL, timeout_s=60)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 99, "FAILED:thunderhead_rejected": 1}
@@ -268,13 +277,13 @@ async def test_omss_own_waits_end_at_the_document_deadline(
         "/_sim/config",
         {"inject": [{"status": 503, "count": 10_000, "endpoint": "submitBatch", "retry_after": 0}]},
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"deadline_s": 2.0, "max_attempts": 1},
-    ) as oms:
-        ids = await submit_all(oms, [document(f"D-{n}") for n in range(3)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"D-{n}") for n in range(3)])
         rows = await wait_for_statuses(db, ids, FINAL, timeout_s=20)
     assert await outcomes(db, ids) == {"FAILED:deadline_exceeded": 3}
     for row in rows.values():
@@ -295,13 +304,13 @@ async def test_a_batch_thunderhead_cannot_account_for_fails_at_the_reconciliatio
             "inject": [{"status": 500, "count": 10_000, "endpoint": "findByReference"}],
         },
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         processing={"reconcile_deadline_s": 2.0, "reconcile_interval_s": 0.2},
-    ) as oms:
-        ids = await submit_all(oms, [document(f"R-{n}") for n in range(3)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"R-{n}") for n in range(3)])
 
         # While it lasts, reconciliation is visible on the batch row.
         async def reconciling() -> bool:
@@ -377,7 +386,7 @@ async def test_the_default_rate_fits_a_20_per_second_tenant_without_a_429(
     await thunderhead_server.post(
         "/_sim/config", {"rate_limit_per_s": 20, "processing_s_per_document": 0}
     )
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
@@ -385,8 +394,8 @@ async def test_the_default_rate_fits_a_20_per_second_tenant_without_a_429(
         # OMS's shipped defaults for the rate, whatever the test helpers set.
         thunderhead_settings={"rate_limit_per_s": 15.0, "rate_limit_burst": 4},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, [document(f"T-{n}") for n in range(150)])
+    ) as stages:
+        ids = await stages.submit_all([document(f"T-{n}") for n in range(150)])
         await wait_for_statuses(db, ids, FINAL, timeout_s=90)
     stats = await thunderhead_server.get("/_sim/stats")
     assert await outcomes(db, ids) == {"COMPLETED": 150}
@@ -406,15 +415,15 @@ async def test_several_bad_transactions_never_fail_a_good_one_when_halving_runs_
     bodies: list[dict[str, Any]] = [document(f"S-{n}") for n in range(20)]
     for n in (2, 9, 15):
         bodies[n] = document(f"S-{n}", data={"note": "POISON"})
-    async with oms_with(
+    async with stages_with(
         database_dsn,
         refdata_server,
         thunderhead_server,
         # Two halvings only: the rest must go one by one, not fail together.
         processing={"batch_max_documents": 20, "batch_max_age_s": 1.0, "split_max_extra_calls": 4},
         monitoring=QUICK_POLLS,
-    ) as oms:
-        ids = await submit_all(oms, bodies)
+    ) as stages:
+        ids = await stages.submit_all(bodies)
         await wait_for_statuses(db, ids, FINAL, timeout_s=60)
     assert await outcomes(db, ids) == {"COMPLETED": 17, "FAILED:thunderhead_rejected": 3}
     failed = await db.fetch(
