@@ -13,7 +13,7 @@ from oms.thunderhead import ThunderheadClient
 
 
 async def check(
-    pool: asyncpg.Pool, thunderhead: ThunderheadClient, relay: OutboxRelay
+    db: asyncpg.Pool, thunderhead: ThunderheadClient, relay: OutboxRelay
 ) -> health.ReadinessReport:
     """Database reachable, schema current, Thunderhead answering, Kafka taking events.
 
@@ -33,7 +33,7 @@ async def check(
     checks.setdefault("thunderhead", "timed out")
     with anyio.move_on_after(2.0) as scope:
         try:
-            async with pool.acquire() as conn:
+            async with db.acquire() as conn:
                 version = await migrate.applied_version(conn)
             checks["database"] = "ok"
             latest = migrate.latest_version()
