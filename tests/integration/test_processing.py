@@ -205,7 +205,11 @@ async def test_a_submit_that_times_out_after_acceptance_is_reconciled_not_resent
     thunderhead_server: SimServer,
 ) -> None:
     await thunderhead_server.post("/_sim/config", {"accept_then_hang": {"count": 1}})
-    async with stages_with(database_dsn, refdata_server, thunderhead_server) as stages:
+    # All three in the one batch that hangs, however slowly they arrive: flushed by size.
+    one_batch = {"batch_max_documents": 3, "batch_max_age_s": 5.0}
+    async with stages_with(
+        database_dsn, refdata_server, thunderhead_server, processing=one_batch
+    ) as stages:
         ids = await stages.submit_all([document(f"U-{n}") for n in range(3)])
         rows = await wait_for_statuses(db, ids, {*HANDED_OVER, "FAILED"})
     assert {r["status"] for r in rows.values()} <= HANDED_OVER

@@ -132,12 +132,14 @@ async def test_a_hung_submit_that_created_nothing_is_sent_again_once_the_window_
         database_dsn,
         refdata_server,
         thunderhead_server,
-        # All five in one batch (claims spread past 50 ms on a busy machine).
+        # All five in one batch, sent and sent again (flushed by size, however slowly
+        # the claims come on a busy machine).
         processing={
             "in_flight_window_s": 1.5,
             "reconcile_interval_s": 0.2,
             "max_attempts": 1,
-            "batch_max_age_s": 0.5,
+            "batch_max_documents": 5,
+            "batch_max_age_s": 5.0,
         },
         monitoring=QUICK_POLLS,
     ) as stages:
@@ -308,7 +310,13 @@ async def test_a_batch_thunderhead_cannot_account_for_fails_at_the_reconciliatio
         database_dsn,
         refdata_server,
         thunderhead_server,
-        processing={"reconcile_deadline_s": 2.0, "reconcile_interval_s": 0.2},
+        processing={
+            "reconcile_deadline_s": 2.0,
+            "reconcile_interval_s": 0.2,
+            # All three in the one batch that hangs, however slowly they arrive.
+            "batch_max_documents": 3,
+            "batch_max_age_s": 5.0,
+        },
     ) as stages:
         ids = await stages.submit_all([document(f"R-{n}") for n in range(3)])
 
