@@ -36,8 +36,8 @@ from oms.actors.relay import OutboxRelay
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import CONNECTION_ERRORS, create_pool
-from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
+from oms.http import auth, health
 from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
 from oms.kafka.broker import EmbeddedBroker, ensure_topics
@@ -184,19 +184,20 @@ async def run(
             await tg.start(_run_in_scope, actor_scopes[0], processing_pool.run)
             await tg.start(_run_in_scope, actor_scopes[1], monitoring_pool.run)
 
-            app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
-            app[intake.SETTINGS] = settings
-            app[intake.POOL] = pool
-            app[intake.INTAKE] = IntakeService(
+            intake_service = IntakeService(
                 pool, writer, refdata, settings.intake, topics, requested if events_mode else None
             )
-            app[http_app.AUTHENTICATOR] = auth.Authenticator(
-                pool, settings.intake.api_key_cache_ttl_s
-            )
-            app[health.READINESS] = lambda: _readiness(pool, thunderhead, relay)
+            authenticator = auth.Authenticator(pool, settings.intake.api_key_cache_ttl_s)
             pools = {"processing": processing_pool, "monitoring": monitoring_pool}
-            app[admin.POOLS] = pools
-            app[admin.POKE_RELAY] = relay.poke
+            app = http_app.make_api(
+                settings,
+                pool,
+                intake_service,
+                authenticator,
+                lambda: _readiness(pool, thunderhead, relay),
+                pools,
+                relay.poke,
+            )
             runner = web.AppRunner(
                 app,
                 handle_signals=False,

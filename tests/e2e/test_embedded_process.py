@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from oms import app
-from tests.integration.intake_support import document
+from tests.support.intake import document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"Authorization": f"Bearer {app.DEMO_SOURCE_KEY}"}

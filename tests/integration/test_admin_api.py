@@ -7,8 +7,9 @@ import uuid
 import aiohttp
 import asyncpg
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import ADMIN_AUTH, AUTH, document, expect_problem, submit
+from tests.support.intake import document, expect_problem, submit
+from tests.support.keys import ADMIN_AUTH, AUTH
+from tests.support.whole_oms import RunningOms
 
 
 async def test_admin_routes_refuse_source_keys_and_no_keys(oms: RunningOms) -> None:

@@ -14,18 +14,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import (
-    ADMIN_AUTH,
-    AUTH,
-    OTHER_AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    submit,
-)
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import ADMIN_AUTH, AUTH, OTHER_AUTH, SOURCE
+from tests.support.whole_oms import RunningOms
 
 ROUTES = [
     ("POST", "/v1/documents"),

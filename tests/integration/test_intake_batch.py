@@ -9,18 +9,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms, SimServer, make_settings
-from tests.integration.intake_support import (
-    AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    running,
-    submit,
-    urn,
-)
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit, urn
+from tests.support.keys import AUTH, SOURCE
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms, running
 
 
 async def _batch(http: aiohttp.ClientSession, items: list[Any]) -> dict[str, Any]:

@@ -9,18 +9,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms, SimServer, make_settings
-from tests.integration.intake_support import (
-    AUTH,
-    OTHER_AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    running,
-    wait_until,
-)
+from tests.support.intake import count, document, expect_problem, nothing_stored, wait_until
+from tests.support.keys import AUTH, OTHER_AUTH, SOURCE
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms, running
 
 JSON = {"Content-Type": "application/json"}
 

@@ -10,15 +10,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import (
-    AUTH,
-    OTHER_AUTH,
-    count,
-    document,
-    expect_problem,
-    submit,
-)
+from tests.support.intake import count, document, expect_problem, submit
+from tests.support.keys import AUTH, OTHER_AUTH
+from tests.support.whole_oms import RunningOms
 
 # --- listing ----------------------------------------------------------------------------------
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 import aiohttp
 import asyncpg
 
-from tests.conftest import RunningOms, SimServer
-from tests.integration.intake_support import (
-    AUTH,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    submit,
-)
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms
 
 
 async def _stats(refdata_server: SimServer) -> dict[str, int]:

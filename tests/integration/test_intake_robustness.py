@@ -19,16 +19,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms, SimServer
-from tests.integration.intake_support import (
-    AUTH,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    seed_keys,
-    submit,
-)
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import AUTH, seed_keys
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JSON = {"Content-Type": "application/json"}

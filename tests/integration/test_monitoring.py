@@ -10,9 +10,9 @@ import asyncpg
 
 from oms import domain
 from oms.actors.monitoring import PollJob, PollSchedule
-from tests.conftest import SimServer
-from tests.integration.intake_support import document
-from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
+from tests.support.intake import document
+from tests.support.sims import SimServer
+from tests.support.whole_oms import oms_with, submit_all, wait_for_statuses
 
 FAST_POLLS = {"poll_initial_s": 0.1, "poll_growth": 1.5, "poll_max_s": 0.5}
 FINAL = {"COMPLETED", "FAILED"}

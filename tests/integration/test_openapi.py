@@ -10,7 +10,7 @@ import pytest
 
 from oms.http import app as http_app
 from oms.http import problems
-from tests.conftest import RunningOms
+from tests.support.whole_oms import RunningOms
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # /readyz answers 503 with its readiness report (what a probe reads), not a problem.

@@ -3,84 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import anyio
 import asyncpg
 
 from oms import metrics
-from tests.conftest import RunningOms, SimServer, make_settings
-from tests.integration.intake_support import AUTH, document, seed_keys, wait_until
-
-FAST_RETRIES = {
-    "start_paused": False,
-    "backoff_base_s": 0.05,
-    "backoff_max_s": 0.2,
-    "batch_max_age_s": 0.05,
-}
-FAST_WAITS = {"wait_429_s": 0.1, "wait_500_s": 0.1, "wait_503_s": 0.1, "submit_timeout_s": 0.5}
-
-
-@asynccontextmanager
-async def oms_with(
-    database_dsn: str,
-    refdata_sim: SimServer,
-    thunderhead_sim: SimServer,
-    processing: dict[str, Any] | None = None,
-    thunderhead_settings: dict[str, Any] | None = None,
-    **sections: dict[str, Any],
-) -> AsyncIterator[RunningOms]:
-    settings = make_settings(
-        database_dsn,
-        refdata_sim.url,
-        thunderhead_sim.url,
-        processing={**FAST_RETRIES, **(processing or {})},
-        thunderhead={"base_url": thunderhead_sim.url, **FAST_WAITS, **(thunderhead_settings or {})},
-        **sections,
-    )
-    await seed_keys(database_dsn)
-    oms = RunningOms(settings)
-    await oms.start()
-    try:
-        yield oms
-    finally:
-        await oms.stop()
-
-
-async def submit_all(oms: RunningOms, bodies: list[dict[str, Any]]) -> list[uuid.UUID]:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
-
-        async def one(body: dict[str, Any]) -> uuid.UUID:
-            async with http.post("/v1/documents", json=body) as response:
-                assert response.status == 202, await response.text()
-                return uuid.UUID((await response.json())["id"])
-
-        ids: list[uuid.UUID] = []
-        async with anyio.create_task_group() as tg:
-            for body in bodies:
-                tg.start_soon(lambda b=body: _append(ids, one(b)))
-    return ids
-
-
-async def _append(into: list[uuid.UUID], value: Awaitable[uuid.UUID]) -> None:
-    into.append(await value)
-
-
-async def wait_for_statuses(
-    db: asyncpg.Connection, ids: list[uuid.UUID], done: set[str], timeout_s: float = 20
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """Bounded wait until every document is in one of ``done``; their rows."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            rows = await db.fetch("SELECT * FROM documents WHERE id = ANY($1::uuid[])", ids)
-            if len(rows) == len(ids) and all(r["status"] in done for r in rows):
-                return {r["id"]: r for r in rows}
-            await anyio.sleep(0.05)
-
+from tests.support.intake import document, wait_until
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
+from tests.support.whole_oms import oms_with, submit_all, wait_for_statuses
 
 HANDED_OVER = {"SUBMITTED", "COMPLETED"}
 

@@ -23,7 +23,7 @@ from oms.store import processing as store
 from oms.store import reconciliation
 from oms.store.documents import Topics
 from oms.thunderhead import ThunderheadClient
-from tests.conftest import SimServer
+from tests.support.sims import SimServer
 
 TOPICS = Topics("oms.document.requested", "oms.document.submitted", "oms.document.status")
 LEASE = timedelta(seconds=120)

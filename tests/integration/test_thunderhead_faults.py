@@ -15,9 +15,10 @@ import aiohttp
 import anyio
 import asyncpg
 
-from tests.conftest import SimServer
-from tests.integration.intake_support import AUTH, document, wait_until
-from tests.integration.test_processing import oms_with, submit_all, wait_for_statuses
+from tests.support.intake import document, wait_until
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
+from tests.support.whole_oms import oms_with, submit_all, wait_for_statuses
 
 FINAL = {"COMPLETED", "FAILED"}
 QUICK_POLLS = {"poll_initial_s": 0.1, "poll_max_s": 0.3}

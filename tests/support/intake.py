@@ -1,27 +1,17 @@
-"""Helpers shared by the intake API tests: request bodies, problem checks, row counts."""
+"""Intake requests and their checks: request bodies, problem answers, row counts, waits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
 
-from oms import config
-from oms.store import api_keys
-from tests.conftest import ADMIN_KEY, OTHER_SOURCE_KEY, SOURCE_KEY, RunningOms
-
 PROBLEM_JSON = "application/problem+json"
-SOURCE = "acme-policy"
-OTHER_SOURCE = "globex-billing"
-AUTH = {"Authorization": f"Bearer {SOURCE_KEY}"}
-OTHER_AUTH = {"Authorization": f"Bearer {OTHER_SOURCE_KEY}"}
-ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TABLES = ("documents", "document_timeline", "outbox", "idempotency_keys")
 
 
@@ -83,30 +73,6 @@ async def submit(
         assert response.status == 202, await response.text()
         accepted: dict[str, Any] = await response.json()
     return accepted
-
-
-async def seed_keys(dsn: str) -> None:
-    """The same keys the ``oms`` fixture stores, for an OMS a test starts itself."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await api_keys.upsert(conn, SOURCE_KEY, SOURCE, "source")
-        await api_keys.upsert(conn, OTHER_SOURCE_KEY, OTHER_SOURCE, "source")
-        await api_keys.upsert(conn, ADMIN_KEY, "ops", "admin")
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def running(settings: config.Settings) -> AsyncIterator[RunningOms]:
-    """An OMS with settings of the test's own, on the test database, with the test keys."""
-    assert settings.database.dsn
-    await seed_keys(settings.database.dsn)
-    oms = RunningOms(settings)
-    await oms.start()
-    try:
-        yield oms
-    finally:
-        await oms.stop()
 
 
 async def wait_until(
