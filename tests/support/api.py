@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import anyio
 from aiohttp import web
@@ -29,7 +29,12 @@ from tests.support.keys import seed_keys
 
 
 class ApiServer:
-    """The API served on a loopback port, with the runner options ``app.run`` uses."""
+    """The API served on a loopback port, with the runner options ``app.run`` uses.
+
+    Everything runs in one task of its own, as in ``RunningOms``: the Reference
+    Data client and the writer hold task groups, which must be left in the task
+    that entered them (a fixture's setup and teardown run in different tasks).
+    """
 
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
@@ -40,74 +45,80 @@ class ApiServer:
         )
         self.relay_pokes = 0
         self.url = ""
-        self._stack = AsyncExitStack()
+        self._stop = anyio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        settings = self.settings
-        pool = await create_pool(settings.database.dsn, settings.database)
-        self._stack.push_async_callback(pool.close)
-        refdata = await self._stack.enter_async_context(RefDataClient(settings.refdata))
-        topics = documents.Topics(
-            requested=settings.events.topic_requested,
-            submitted=settings.events.topic_submitted,
-            status=settings.events.topic_status,
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._serve(ready))
+        done, _ = await asyncio.wait(
+            {self._task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
         )
-        writer = DocumentWriter(pool, topics, settings.intake)
-        await self._run_writer(writer)
-        events_mode = settings.pipeline.mode == "events"
-        intake = IntakeService(
-            pool,
-            writer,
-            refdata,
-            settings.intake,
-            topics,
-            self.requested if events_mode else None,
-        )
-        app = http_app.make_api(
-            settings,
-            pool,
-            intake,
-            auth.Authenticator(pool, settings.intake.api_key_cache_ttl_s),
-            _no_readiness,
-            pools={},  # no actor pools at this level
-            poke_relay=self._poke_relay,
-        )
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=settings.server.shutdown_timeout_s,
-        )
-        await runner.setup()
-        self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        if self._task in done:
+            self._task.result()  # re-raise the start-up error
+        self.url = ready.result()
 
     async def stop(self) -> None:
-        await self._stack.aclose()
+        if self._task is None:
+            return
+        self._stop.set()
+        await asyncio.wait_for(self._task, timeout=60)
+        self._task = None
 
-    async def _run_writer(self, writer: DocumentWriter) -> None:
-        """The writer's loops in a task of their own (a fixture's setup and teardown
-        run in different tasks, so no task group may stay open between them)."""
-        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def run() -> None:
-            async with anyio.create_task_group() as tg:
+    async def _serve(self, ready: asyncio.Future[str]) -> None:
+        """Build what ``app.run`` builds for HTTP, serve until ``stop``, then close in
+        ``app.run``'s order: HTTP, the writer (queued requests are still written),
+        the Reference Data client, the pool."""
+        settings = self.settings
+        pool = await create_pool(settings.database.dsn, settings.database)
+        try:
+            async with (
+                RefDataClient(settings.refdata) as refdata,
+                anyio.create_task_group() as tg,
+            ):
+                topics = documents.Topics(
+                    requested=settings.events.topic_requested,
+                    submitted=settings.events.topic_submitted,
+                    status=settings.events.topic_status,
+                )
+                writer = DocumentWriter(pool, topics, settings.intake)
                 await tg.start(writer.run)
-                started.set_result(None)
-
-        task = asyncio.create_task(run())
-
-        async def drain() -> None:
-            writer.close()  # queued requests are still written, then the loops end
-            await asyncio.wait_for(task, timeout=10)
-
-        self._stack.push_async_callback(drain)
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # re-raise the start-up error
+                events_mode = settings.pipeline.mode == "events"
+                intake = IntakeService(
+                    pool,
+                    writer,
+                    refdata,
+                    settings.intake,
+                    topics,
+                    self.requested if events_mode else None,
+                )
+                app = http_app.make_api(
+                    settings,
+                    pool,
+                    intake,
+                    auth.Authenticator(pool, settings.intake.api_key_cache_ttl_s),
+                    _no_readiness,
+                    pools={},  # no actor pools at this level
+                    poke_relay=self._poke_relay,
+                )
+                runner = web.AppRunner(
+                    app,
+                    handle_signals=False,
+                    access_log=None,
+                    shutdown_timeout=settings.server.shutdown_timeout_s,
+                )
+                await runner.setup()
+                try:
+                    site = web.TCPSite(runner, "127.0.0.1", 0)
+                    await site.start()
+                    host, port = runner.addresses[0][:2]
+                    ready.set_result(f"http://{host}:{port}")
+                    await self._stop.wait()
+                finally:
+                    await runner.cleanup()
+                    writer.close()
+        finally:
+            await pool.close()
 
     def _poke_relay(self) -> None:
         self.relay_pokes += 1
