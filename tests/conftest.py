@@ -1,7 +1,8 @@
-"""Shared fixtures: one embedded PostgreSQL per session, a fresh database per test.
+"""Shared fixtures: one embedded PostgreSQL per session, an empty migrated database per test.
 
-The schema is migrated once into a template database; each test gets a copy of it
-(``tests.support.database``). What the fixtures build on lives in ``tests/support``.
+The schema is migrated once into a template database; a test borrows a copy of it,
+emptied after each use (``tests.support.database``). What the fixtures build on
+lives in ``tests/support``.
 """
 
 from __future__ import annotations
@@ -48,17 +49,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedPostgres]:
     server = embedded.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
     server.start()
-    asyncio.run(database.make_template(server.dsn))
     yield server
     server.stop(mode="immediate")
 
 
+@pytest.fixture(scope="session")
+def databases(postgres: embedded.EmbeddedPostgres) -> database.Databases:
+    lender = database.Databases(postgres.dsn)
+    asyncio.run(lender.make_template())
+    return lender
+
+
 @pytest.fixture
-async def database_dsn(postgres: embedded.EmbeddedPostgres) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
-    dsn = await database.create_from_template(postgres.dsn)
+async def database_dsn(databases: database.Databases) -> AsyncIterator[str]:
+    """An empty, migrated database for one test."""
+    dsn = await databases.lend()
     yield dsn
-    await database.drop(postgres.dsn, dsn)
+    await databases.give_back(dsn)
 
 
 @pytest.fixture
