@@ -25,6 +25,8 @@ from tests.support.settings import KAFKA, make_settings
 from tests.support.sims import SimServer
 from tests.support.whole_oms import RunningOms
 
+pytest_plugins = ["tests.support.private_tmp"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _clean_environment() -> Iterator[None]:
