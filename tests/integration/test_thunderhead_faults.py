@@ -98,6 +98,8 @@ async def test_chaos_fails_documents_only_by_thunderheads_verdict(
             "max_attempts": 12,
             "in_flight_window_s": 1.0,
             "reconcile_interval_s": 0.2,
+            # Rounds after many failed finds are seconds apart, not the 15 s cap.
+            "wait_backoff_max_s": 1.0,
         },
         thunderhead_settings={"timeout_s": 0.5, "submit_timeout_s": 0.5},
         monitoring=QUICK_POLLS,
