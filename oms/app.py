@@ -38,8 +38,8 @@ from oms.actors.submitter import Submitter
 from oms.actors.sweeper import Sweeper
 from oms.db import embedded, migrate
 from oms.db.pool import create_pool
-from oms.http import admin, auth, health, intake
 from oms.http import app as http_app
+from oms.http import auth
 from oms.http.server import HttpServer
 from oms.intake.purge import IdempotencyKeyPurge
 from oms.intake.service import IntakeService
@@ -267,17 +267,15 @@ def _web_app(
     intake_service: IntakeService,
     pools: dict[str, ActorPool[Any]],
 ) -> web.Application:
-    app = http_app.make_app(settings.intake.max_batch_body_bytes + 4096)
-    app[intake.SETTINGS] = settings
-    app[intake.DB] = outside.db
-    app[intake.INTAKE] = intake_service
-    app[http_app.AUTHENTICATOR] = auth.Authenticator(
-        outside.db, settings.intake.api_key_cache_ttl_s
+    return http_app.make_api(
+        settings,
+        outside.db,
+        intake_service,
+        auth.Authenticator(outside.db, settings.intake.api_key_cache_ttl_s),
+        lambda: readiness.check(outside.db, outside.thunderhead, relay),
+        pools,
+        relay.poke,
     )
-    app[health.READINESS] = lambda: readiness.check(outside.db, outside.thunderhead, relay)
-    app[admin.POOLS] = pools
-    app[admin.POKE_RELAY] = relay.poke
-    return app
 
 
 def _pool_settings(size: int, settings: config.PoolSection) -> PoolSettings:

@@ -1,32 +1,31 @@
-"""Shared fixtures: one embedded PostgreSQL per session, a fresh database per test.
+"""Shared fixtures: one embedded PostgreSQL per session, an empty migrated database per test.
 
-The schema is migrated once into a template database; each test gets
-``CREATE DATABASE … TEMPLATE`` (procrastinate's trick), which takes milliseconds.
+The schema is migrated once into a template database; a test borrows a copy of it,
+emptied after each use (``tests.support.database``). What the fixtures build on
+lives in ``tests/support``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
-import anyio
 import asyncpg
-import msgspec
 import pytest
-from aiohttp import web
 
-from oms import app, config
-from oms.db import embedded, migrate
+from oms.db import embedded
 from oms.kafka.broker import EmbeddedBroker
 from oms.sim import refdata as refdata_sim
 from oms.sim import thunderhead as thunderhead_sim
-from oms.store import api_keys
+from tests.support import database
+from tests.support.api import ApiServer, serving
+from tests.support.keys import seed_keys
+from tests.support.settings import KAFKA, make_settings
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms
 
-TEMPLATE_DB = "oms_template"
+pytest_plugins = ["tests.support.private_tmp"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -52,44 +51,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedPostgres]:
     server = embedded.EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
     server.start()
-    asyncio.run(_make_template(server.dsn))
     yield server
     server.stop(mode="immediate")
 
 
-async def _make_template(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
-        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(_dsn_for(dsn, TEMPLATE_DB))
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
-
-
-def _dsn_for(dsn: str, database: str) -> str:
-    return dsn.rsplit("/", 1)[0] + f"/{database}"
+@pytest.fixture(scope="session")
+def databases(postgres: embedded.EmbeddedPostgres) -> database.Databases:
+    lender = database.Databases(postgres.dsn)
+    asyncio.run(lender.make_template())
+    return lender
 
 
 @pytest.fixture
-async def database_dsn(postgres: embedded.EmbeddedPostgres) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres.dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await conn.close()
-    yield _dsn_for(postgres.dsn, name)
-    conn = await asyncpg.connect(postgres.dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+async def database_dsn(databases: database.Databases) -> AsyncIterator[str]:
+    """An empty, migrated database for one test."""
+    dsn = await databases.lend()
+    yield dsn
+    await databases.give_back(dsn)
 
 
 @pytest.fixture
@@ -97,41 +75,6 @@ async def db(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_dsn)
     yield conn
     await conn.close()
-
-
-class SimServer:
-    """A simulator on a real loopback port, stoppable for real."""
-
-    def __init__(self, make_app: Callable[[], web.Application]) -> None:
-        self._make_app = make_app
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.runner = web.AppRunner(self._make_app(), handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    async def post(self, path: str, body: object) -> Any:
-        async with aiohttp.ClientSession(self.url) as http, http.post(path, json=body) as r:
-            assert r.status < 300, await r.text()
-            return await r.json()
-
-    async def get(self, path: str) -> Any:
-        async with aiohttp.ClientSession(self.url) as http, http.get(path) as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
 
 
 @pytest.fixture
@@ -150,33 +93,6 @@ async def thunderhead_server() -> AsyncIterator[SimServer]:
     await sim.stop()
 
 
-def make_settings(
-    dsn: str, refdata_url: str, thunderhead_url: str = "", **sections: dict[str, object]
-) -> config.Settings:
-    """Test settings; an empty ``thunderhead_url`` runs the simulator in-process.
-
-    Kafka is the session's broker (see ``kafka_bootstrap``), set by the ``oms``
-    fixtures through ``KAFKA``.
-    """
-    raw: dict[str, dict[str, object]] = {
-        "kafka": {"bootstrap_servers": KAFKA["bootstrap"], "enable_idempotence": False},
-        "server": {"port": 0},
-        "database": {"dsn": dsn, "pool_min_size": 1, "pool_max_size": 4},
-        "refdata": {"base_url": refdata_url, "timeout_s": 0.5},
-        # Intake tests see documents as intake left them; processing tests resume.
-        "processing": {"start_paused": True},
-        "thunderhead": {"base_url": thunderhead_url},
-        "logging": {"level": "WARNING"},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return msgspec.convert(raw, config.Settings)
-
-
-# The session broker's address, filled in by the autouse fixture below.
-KAFKA: dict[str, str] = {"bootstrap": ""}
-
-
 @pytest.fixture(autouse=True)
 def _session_kafka(request: pytest.FixtureRequest) -> None:
     """Integration tests start OMS in-process: point it at the session's broker."""
@@ -184,59 +100,17 @@ def _session_kafka(request: pytest.FixtureRequest) -> None:
         KAFKA["bootstrap"] = request.getfixturevalue("kafka_bootstrap")
 
 
-class RunningOms:
-    """A whole OMS (``app.run``) serving on a loopback port, in a task of its own."""
-
-    def __init__(self, settings: config.Settings) -> None:
-        self.settings = settings
-        self.started: app.Started | None = None
-        self._stop = anyio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.started is not None
-        return self.started.base_url
-
-    async def start(self) -> None:
-        ready: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
-
-        async def main() -> None:
-            async with anyio.create_task_group() as tg:
-                started = await tg.start(app.run, self.settings, self._stop)
-                ready.set_result(started)
-
-        self._task = asyncio.create_task(main())
-        done, _ = await asyncio.wait(
-            {self._task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self._task in done:
-            self._task.result()  # re-raise the start-up error
-        self.started = ready.result()
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._stop.set()
-        await asyncio.wait_for(self._task, timeout=60)
-        self._task = None
-
-
-SOURCE_KEY = "oms_acme_test-source-secret"
-OTHER_SOURCE_KEY = "oms_globex_test-other-secret"
-ADMIN_KEY = "oms_admin1_test-admin-secret"
+@pytest.fixture
+async def api(database_dsn: str, refdata_server: SimServer) -> AsyncIterator[ApiServer]:
+    """OMS's HTTP API alone on a fresh database, with keys for two sources and an admin."""
+    async with serving(make_settings(database_dsn, refdata_server.url)) as server:
+        yield server
 
 
 @pytest.fixture
 async def oms(database_dsn: str, refdata_server: SimServer) -> AsyncIterator[RunningOms]:
-    """OMS on a fresh database, with keys for two source systems and an admin."""
-    conn = await asyncpg.connect(database_dsn)
-    try:
-        await api_keys.upsert(conn, SOURCE_KEY, "acme-policy", "source")
-        await api_keys.upsert(conn, OTHER_SOURCE_KEY, "globex-billing", "source")
-        await api_keys.upsert(conn, ADMIN_KEY, "ops", "admin")
-    finally:
-        await conn.close()
+    """A whole OMS on a fresh database, with keys for two source systems and an admin."""
+    await seed_keys(database_dsn)
     running = RunningOms(make_settings(database_dsn, refdata_server.url))
     await running.start()
     yield running

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from importlib import metadata
 
+import asyncpg
 from aiohttp import web
 
-from oms import exceptions, metrics
+from oms import config, exceptions, metrics
 from oms.db.pool import CONNECTION_ERRORS
 from oms.http import admin, auth, health, intake, openapi, problems
 from oms.http.routes import Handler, RouteSpec, register
+from oms.intake.service import IntakeService
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,27 @@ def make_app(client_max_size: int) -> web.Application:
     register(app, specs)
     app[_AUTH_BY_ROUTE] = {(s.method, s.path): s.auth for s in specs}
     app[openapi.OPENAPI] = openapi.encode(openapi.build(specs, _version()))
+    return app
+
+
+def make_api(
+    settings: config.Settings,
+    db: asyncpg.Pool,
+    intake_service: IntakeService,
+    authenticator: auth.Authenticator,
+    readiness: health.ReadinessProbe,
+    pools: Mapping[str, admin.Pausable],
+    poke_relay: Callable[[], None],
+) -> web.Application:
+    """The app OMS serves, wired to its services: one builder for ``app.run`` and the tests."""
+    app = make_app(settings.intake.max_batch_body_bytes + 4096)
+    app[intake.SETTINGS] = settings
+    app[intake.DB] = db
+    app[intake.INTAKE] = intake_service
+    app[AUTHENTICATOR] = authenticator
+    app[health.READINESS] = readiness
+    app[admin.POOLS] = dict(pools)
+    app[admin.POKE_RELAY] = poke_relay
     return app
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from oms.config import ThunderheadSettings
 from oms.sim import thunderhead as thunderhead_sim
-from tests.conftest import SimServer
 from tests.contract import targets
+from tests.support.sims import SimServer
 
 TARGETS = ["simulator", *(["tenant"] if targets.TENANT_CONFIGURED else [])]
 

@@ -26,7 +26,7 @@ import pytest
 
 from oms.config import ThunderheadSettings
 from oms.thunderhead import JobStatus, ThunderheadClient, Transaction
-from tests.conftest import SimServer
+from tests.support.sims import SimServer
 
 ENV_PREFIX = "OMS_THUNDERHEAD_CONTRACT_"
 SIM_BATCH_CONFIG_RES_ID = 1335501440

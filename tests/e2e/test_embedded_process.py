@@ -13,7 +13,7 @@ import pytest
 
 from oms import app
 from oms.net import free_port
-from tests.integration.intake_support import document
+from tests.support.intake import document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"Authorization": f"Bearer {app.DEMO_SOURCE_KEY}"}

@@ -35,7 +35,7 @@ from tests.e2e.events import (
     wait_statuses,
 )
 from tests.e2e.process import OmsProcess, ThunderheadSimProcess, free_port
-from tests.integration.intake_support import document
+from tests.support.intake import document
 
 DOCUMENTS = 30
 PRIORITIES = ("urgent", "normal", "bulk")

@@ -28,7 +28,7 @@ from tests.e2e.events import (
     wait_statuses,
 )
 from tests.e2e.process import OmsProcess, free_port
-from tests.integration.intake_support import document
+from tests.support.intake import document
 
 TOPICS = ["oms.document.requested", "oms.document.submitted", STATUS_TOPIC]
 PRIORITIES = ("urgent", "normal", "bulk")

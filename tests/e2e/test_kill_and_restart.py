@@ -13,7 +13,7 @@ import pytest
 
 from oms import app
 from tests.e2e.process import OmsProcess, ThunderheadSimProcess, free_port
-from tests.integration.intake_support import document
+from tests.support.intake import document
 
 HEADERS = {"Authorization": f"Bearer {app.DEMO_SOURCE_KEY}"}
 FINAL = {"COMPLETED", "FAILED", "CANCELLED"}

@@ -7,12 +7,14 @@ import uuid
 import aiohttp
 import asyncpg
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import ADMIN_AUTH, AUTH, document, expect_problem, submit
+from tests.support.api import ApiServer
+from tests.support.intake import document, expect_problem, submit
+from tests.support.keys import ADMIN_AUTH, AUTH
+from tests.support.whole_oms import RunningOms
 
 
-async def test_admin_routes_refuse_source_keys_and_no_keys(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+async def test_admin_routes_refuse_source_keys_and_no_keys(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url) as http:
         async with http.get("/admin/api/pools") as response:
             await expect_problem(response, 401, "unauthorized")
         async with http.get("/admin/api/pools", headers=AUTH) as response:
@@ -34,9 +36,9 @@ async def test_pools_can_be_paused_and_resumed(oms: RunningOms) -> None:
 
 
 async def test_dead_events_are_listed_and_republished(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("A-1"))
     event_id = uuid.uuid4()
     await db.execute(
@@ -51,7 +53,7 @@ async def test_dead_events_are_listed_and_republished(
            WHERE event_id = $1 RETURNING id""",
         event_id,
     )
-    async with aiohttp.ClientSession(oms.url, headers=ADMIN_AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=ADMIN_AUTH) as http:
         async with http.get("/admin/api/outbox/dead") as response:
             page = await response.json()
         assert [row["id"] for row in page["items"]] == [outbox_id]
@@ -69,10 +71,10 @@ async def test_dead_events_are_listed_and_republished(
     assert row["attempts"] == 0
 
 
-async def test_an_admin_reads_any_source_systems_document(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_an_admin_reads_any_source_systems_document(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("A-2"))
-    async with aiohttp.ClientSession(oms.url, headers=ADMIN_AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=ADMIN_AUTH) as http:
         async with http.get(f"/admin/api/documents/{accepted['id']}") as response:
             assert response.status == 200
             body = await response.json()

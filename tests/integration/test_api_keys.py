@@ -9,7 +9,9 @@ import asyncpg
 
 from oms import app
 from oms.store import api_keys
-from tests.conftest import RunningOms, SimServer, make_settings
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
+from tests.support.whole_oms import RunningOms
 
 
 async def _cli(dsn: str, *args: str) -> tuple[int, str, str]:

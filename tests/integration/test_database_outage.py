@@ -16,9 +16,12 @@ import pytest
 
 from oms.db import embedded, migrate
 from oms.store import api_keys
-from tests.conftest import SOURCE_KEY, RunningOms, SimServer, make_settings
-from tests.integration.intake_support import document
+from tests.support.intake import document
+from tests.support.keys import SOURCE_KEY
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
 from tests.support.stages import running_stages
+from tests.support.whole_oms import RunningOms
 
 HEADERS = {"Authorization": f"Bearer {SOURCE_KEY}"}
 

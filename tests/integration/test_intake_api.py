@@ -14,18 +14,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import (
-    ADMIN_AUTH,
-    AUTH,
-    OTHER_AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    submit,
-)
+from tests.support.api import ApiServer
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import ADMIN_AUTH, AUTH, OTHER_AUTH, SOURCE
+from tests.support.whole_oms import RunningOms
 
 ROUTES = [
     ("POST", "/v1/documents"),
@@ -40,11 +32,11 @@ ROUTES = [
 
 
 async def test_accepted_request_is_stored_with_timeline_and_one_event(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {**AUTH, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", json=document("R-1", priority="urgent")) as response:
             assert response.status == 202
             assert response.content_type == "application/json"
@@ -93,8 +85,8 @@ async def test_accepted_request_is_stored_with_timeline_and_one_event(
     assert payload["priority"] == "urgent"
 
 
-async def test_get_returns_status_priority_and_timeline(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_get_returns_status_priority_and_timeline(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("R-1", priority="bulk"))
         async with http.get(accepted["links"]["self"]) as response:
             assert response.status == 200
@@ -110,8 +102,8 @@ async def test_get_returns_status_priority_and_timeline(oms: RunningOms) -> None
     ]
 
 
-async def test_priority_defaults_to_normal(oms: RunningOms, db: asyncpg.Connection) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_priority_defaults_to_normal(api: ApiServer, db: asyncpg.Connection) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("R-1"))
         async with http.get(accepted["links"]["self"]) as response:
             assert (await response.json())["priority"] == "normal"
@@ -127,9 +119,9 @@ async def test_priority_defaults_to_normal(oms: RunningOms, db: asyncpg.Connecti
     ],
 )
 async def test_each_channel_is_accepted_with_what_it_needs(
-    oms: RunningOms, channel: str, recipient: dict[str, Any]
+    api: ApiServer, channel: str, recipient: dict[str, Any]
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         await submit(http, document("R-1", channel=channel, recipient=recipient))
 
 
@@ -149,10 +141,10 @@ async def test_each_channel_is_accepted_with_what_it_needs(
     ids=["no-header", "wrong-scheme", "no-token", "malformed", "unknown", "wrong-secret"],
 )
 async def test_unauthenticated_is_401_with_www_authenticate(
-    oms: RunningOms, db: asyncpg.Connection, authorization: str | None
+    api: ApiServer, db: asyncpg.Connection, authorization: str | None
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
-    async with aiohttp.ClientSession(oms.url) as http:
+    async with aiohttp.ClientSession(api.url) as http:
         async with http.post("/v1/documents", json=document(), headers=headers) as response:
             await expect_problem(response, 401, "unauthorized")
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -160,8 +152,8 @@ async def test_unauthenticated_is_401_with_www_authenticate(
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-async def test_every_v1_route_needs_a_key(oms: RunningOms, method: str, path: str) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+async def test_every_v1_route_needs_a_key(api: ApiServer, method: str, path: str) -> None:
+    async with aiohttp.ClientSession(api.url) as http:
         async with http.request(method, path, json={}) as response:
             await expect_problem(response, 401, "unauthorized")
             assert "WWW-Authenticate" in response.headers
@@ -169,10 +161,10 @@ async def test_every_v1_route_needs_a_key(oms: RunningOms, method: str, path: st
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 async def test_admin_key_is_forbidden_on_v1(
-    oms: RunningOms, db: asyncpg.Connection, method: str, path: str
+    api: ApiServer, db: asyncpg.Connection, method: str, path: str
 ) -> None:
     body = {"documents": [document()]} if path.endswith("batch") else document()
-    async with aiohttp.ClientSession(oms.url, headers=ADMIN_AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=ADMIN_AUTH) as http:
         async with http.request(method, path, json=body) as response:
             await expect_problem(response, 403, "forbidden")
     await nothing_stored(db)
@@ -181,9 +173,9 @@ async def test_admin_key_is_forbidden_on_v1(
 # --- the body: JSON, media type, size ---------------------------------------------------------
 
 
-async def test_malformed_json_is_400(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_malformed_json_is_400(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=b'{"client_reference": "R-1",') as response:
             await expect_problem(response, 400, "malformed-request")
     await nothing_stored(db)
@@ -193,20 +185,20 @@ async def test_malformed_json_is_400(oms: RunningOms, db: asyncpg.Connection) ->
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
 )
 async def test_wrong_content_type_is_415(
-    oms: RunningOms, db: asyncpg.Connection, content_type: str
+    api: ApiServer, db: asyncpg.Connection, content_type: str
 ) -> None:
     body = json.dumps(document()).encode()
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         headers = {"Content-Type": content_type}
         async with http.post("/v1/documents", data=body, headers=headers) as response:
             await expect_problem(response, 415, "unsupported-media-type")
     await nothing_stored(db)
 
 
-async def test_body_over_max_body_bytes_is_413(oms: RunningOms, db: asyncpg.Connection) -> None:
-    limit = oms.settings.intake.max_body_bytes
+async def test_body_over_max_body_bytes_is_413(api: ApiServer, db: asyncpg.Connection) -> None:
+    limit = api.settings.intake.max_body_bytes
     big = document(data={"blob": "x" * limit})
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=big) as response:
             problem = await expect_problem(response, 413, "payload-too-large")
     assert str(limit) in problem["detail"]
@@ -214,10 +206,10 @@ async def test_body_over_max_body_bytes_is_413(oms: RunningOms, db: asyncpg.Conn
 
 
 async def test_chunked_body_over_max_body_bytes_is_413(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     """Without a Content-Length the limit holds while reading."""
-    limit = oms.settings.intake.max_body_bytes
+    limit = api.settings.intake.max_body_bytes
     payload = json.dumps(document(data={"blob": "x" * limit})).encode()
 
     async def chunks() -> Any:
@@ -225,7 +217,7 @@ async def test_chunked_body_over_max_body_bytes_is_413(
             yield payload[start : start + 16_384]
 
     headers = {**AUTH, "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=chunks()) as response:
             await expect_problem(response, 413, "payload-too-large")
     await nothing_stored(db)
@@ -278,9 +270,9 @@ def _without(field: str) -> dict[str, Any]:
     ],
 )
 async def test_schema_violation_is_422_naming_the_field(
-    oms: RunningOms, db: asyncpg.Connection, body: dict[str, Any], pointer: str
+    api: ApiServer, db: asyncpg.Connection, body: dict[str, Any], pointer: str
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=body) as response:
             await expect_problem(response, 422, "validation-error", pointer)
     await nothing_stored(db)
@@ -295,21 +287,21 @@ async def test_schema_violation_is_422_naming_the_field(
     ],
 )
 async def test_channel_without_the_recipient_field_it_needs_is_422(
-    oms: RunningOms, db: asyncpg.Connection, channel: str, recipient: dict[str, Any], pointer: str
+    api: ApiServer, db: asyncpg.Connection, channel: str, recipient: dict[str, Any], pointer: str
 ) -> None:
     body = document(channel=channel, recipient=recipient)
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=body) as response:
             problem = await expect_problem(response, 422, "validation-error", pointer)
     assert problem["errors"][0]["code"] == "required"
     await nothing_stored(db)
 
 
-async def test_data_over_max_data_bytes_is_422(oms: RunningOms, db: asyncpg.Connection) -> None:
-    limit = oms.settings.intake.max_data_bytes
-    assert limit + 1024 < oms.settings.intake.max_body_bytes  # under the body cap: a 422
+async def test_data_over_max_data_bytes_is_422(api: ApiServer, db: asyncpg.Connection) -> None:
+    limit = api.settings.intake.max_data_bytes
+    assert limit + 1024 < api.settings.intake.max_body_bytes  # under the body cap: a 422
     body = document(data={"blob": "x" * limit})
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=body) as response:
             problem = await expect_problem(response, 422, "validation-error", "/data")
     assert problem["errors"][0]["code"] == "too_large"
@@ -318,16 +310,16 @@ async def test_data_over_max_data_bytes_is_422(oms: RunningOms, db: asyncpg.Conn
 
 @pytest.mark.parametrize("data", [[1, 2], "text", 42, None, True])
 async def test_data_that_is_not_an_object_is_422(
-    oms: RunningOms, db: asyncpg.Connection, data: object
+    api: ApiServer, db: asyncpg.Connection, data: object
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=document(data=data)) as response:
             await expect_problem(response, 422, "validation-error", "/data")
     await nothing_stored(db)
 
 
-async def test_body_that_is_not_an_object_is_422(oms: RunningOms, db: asyncpg.Connection) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_body_that_is_not_an_object_is_422(api: ApiServer, db: asyncpg.Connection) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=[document()]) as response:
             await expect_problem(response, 422, "validation-error")
     await nothing_stored(db)
@@ -370,13 +362,13 @@ async def test_body_that_is_not_an_object_is_422(oms: RunningOms, db: asyncpg.Co
     ],
 )  # fmt: skip
 async def test_unknown_or_inactive_reference_is_422_naming_the_field(
-    oms: RunningOms,
+    api: ApiServer,
     db: asyncpg.Connection,
     overrides: dict[str, Any],
     pointer: str,
     code: str,
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=document(**overrides)) as response:
             problem = await expect_problem(response, 422, "unknown-reference", pointer)
     assert len(problem["errors"]) == 1
@@ -388,9 +380,9 @@ async def test_unknown_or_inactive_reference_is_422_naming_the_field(
 
 
 async def test_duplicate_client_reference_is_409_naming_the_first(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         first = await submit(http, document("R-1"))
         again = document("R-1", priority="urgent", data={"policy_number": "P-2"})
         async with http.post("/v1/documents", json=again) as response:
@@ -403,9 +395,9 @@ async def test_duplicate_client_reference_is_409_naming_the_first(
 
 
 async def test_client_reference_is_unique_per_source_system_only(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+    async with aiohttp.ClientSession(api.url) as http:
         ours = await submit(http, document("R-1"), AUTH)
         theirs = await submit(http, document("R-1"), OTHER_AUTH)
     assert ours["id"] != theirs["id"]
@@ -416,16 +408,16 @@ async def test_client_reference_is_unique_per_source_system_only(
 
 
 @pytest.mark.parametrize("document_id", [str(uuid.uuid4()), "not-a-uuid", "12345"])
-async def test_unknown_or_malformed_id_is_404(oms: RunningOms, document_id: str) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_unknown_or_malformed_id_is_404(api: ApiServer, document_id: str) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.get(f"/v1/documents/{document_id}") as response:
             await expect_problem(response, 404, "not-found")
         async with http.post(f"/v1/documents/{document_id}/cancel") as response:
             await expect_problem(response, 404, "not-found")
 
 
-async def test_unknown_path_is_404_problem(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_unknown_path_is_404_problem(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.get("/v1/nothing-here") as response:
             await expect_problem(response, 404, "not-found")
 
@@ -440,8 +432,8 @@ async def test_unknown_path_is_404_problem(oms: RunningOms) -> None:
         ("POST", "/healthz"),
     ],
 )
-async def test_wrong_method_is_405_with_allow(oms: RunningOms, method: str, path: str) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_wrong_method_is_405_with_allow(api: ApiServer, method: str, path: str) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.request(method, path) as response:
             await expect_problem(response, 405, "method-not-allowed")
             assert response.headers["Allow"]
@@ -449,9 +441,9 @@ async def test_wrong_method_is_405_with_allow(oms: RunningOms, method: str, path
 
 
 async def test_another_source_systems_document_is_404(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+    async with aiohttp.ClientSession(api.url) as http:
         accepted = await submit(http, document("R-1"), AUTH)
         path = accepted["links"]["self"]
         async with http.get(path, headers=OTHER_AUTH) as response:
@@ -467,8 +459,8 @@ async def test_another_source_systems_document_is_404(
 # --- ops endpoints ----------------------------------------------------------------------------
 
 
-async def test_healthz(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+async def test_healthz(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url) as http:
         async with http.get("/healthz") as response:
             assert response.status == 200
             assert response.content_type == "application/json"
@@ -485,8 +477,8 @@ async def test_readyz_reports_database_and_migrations(oms: RunningOms) -> None:
     assert report["checks"]["migrations"] == "ok"
 
 
-async def test_metrics_count_intake_requests(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_metrics_count_intake_requests(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         await submit(http, document("R-1"))
         async with http.get("/metrics") as response:
             assert response.status == 200

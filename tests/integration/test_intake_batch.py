@@ -9,18 +9,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms, SimServer, make_settings
-from tests.integration.intake_support import (
-    AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    running,
-    submit,
-    urn,
-)
+from tests.support.api import ApiServer, serving
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit, urn
+from tests.support.keys import AUTH, SOURCE
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
 
 
 async def _batch(http: aiohttp.ClientSession, items: list[Any]) -> dict[str, Any]:
@@ -39,9 +32,9 @@ def _problem(result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_mixed_batch_answers_each_item_in_order(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         existing = await submit(http, document("EXISTING"))
         missing_channel = document("B-1")
         del missing_channel["channel"]
@@ -97,8 +90,8 @@ async def test_mixed_batch_answers_each_item_in_order(
     assert await count(db, "document_timeline") == 3
 
 
-async def test_batch_documents_are_readable_one_by_one(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_batch_documents_are_readable_one_by_one(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         body = await _batch(http, [document(f"B-{i}") for i in range(5)])
         assert (body["accepted"], body["rejected"]) == (5, 0)
         for result in body["results"]:
@@ -113,7 +106,7 @@ async def test_batch_at_the_item_limit_is_taken_and_over_it_is_422(
     database_dsn: str, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     settings = make_settings(database_dsn, refdata_server.url, intake={"max_batch_items": 3})
-    async with running(settings) as oms, aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with serving(settings) as api, aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post(
             "/v1/documents/batch", json={"documents": [document(f"B-{i}") for i in range(4)]}
         ) as response:
@@ -126,9 +119,9 @@ async def test_batch_at_the_item_limit_is_taken_and_over_it_is_422(
     assert await count(db, "documents") == 3
 
 
-async def test_batch_over_the_default_limit_is_422(oms: RunningOms, db: asyncpg.Connection) -> None:
-    limit = oms.settings.intake.max_batch_items
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_batch_over_the_default_limit_is_422(api: ApiServer, db: asyncpg.Connection) -> None:
+    limit = api.settings.intake.max_batch_items
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         items = [document(f"B-{i}") for i in range(limit + 1)]
         async with http.post("/v1/documents/batch", json={"documents": items}) as response:
             await expect_problem(response, 422, "validation-error", "/documents")
@@ -146,33 +139,33 @@ async def test_batch_over_the_default_limit_is_422(oms: RunningOms, db: asyncpg.
     ids=["empty", "not-a-list", "missing", "unknown-field"],
 )
 async def test_invalid_batch_envelope_is_422(
-    oms: RunningOms, db: asyncpg.Connection, body: dict[str, Any], pointer: str
+    api: ApiServer, db: asyncpg.Connection, body: dict[str, Any], pointer: str
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents/batch", json=body) as response:
             await expect_problem(response, 422, "validation-error", pointer)
     await nothing_stored(db)
 
 
-async def test_malformed_batch_json_is_400(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_malformed_batch_json_is_400(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents/batch", data=b'{"documents": [') as response:
             await expect_problem(response, 400, "malformed-request")
     await nothing_stored(db)
 
 
-async def test_batch_wrong_content_type_is_415(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_batch_wrong_content_type_is_415(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Content-Type": "text/plain"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents/batch", data=b'{"documents": []}') as response:
             await expect_problem(response, 415, "unsupported-media-type")
     await nothing_stored(db)
 
 
-async def test_idempotency_key_on_batch_is_400(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_idempotency_key_on_batch_is_400(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Idempotency-Key": str(uuid.uuid4())}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post(
             "/v1/documents/batch", json={"documents": [document("B-0")]}
         ) as response:
@@ -180,9 +173,9 @@ async def test_idempotency_key_on_batch_is_400(oms: RunningOms, db: asyncpg.Conn
     await nothing_stored(db)
 
 
-async def test_retried_batch_stores_nothing_twice(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_retried_batch_stores_nothing_twice(api: ApiServer, db: asyncpg.Connection) -> None:
     items = [document(f"B-{i}") for i in range(3)]
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         first = await _batch(http, items)
         again = await _batch(http, items)
     assert first["accepted"] == 3

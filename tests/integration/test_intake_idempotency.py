@@ -9,18 +9,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms, SimServer, make_settings
-from tests.integration.intake_support import (
-    AUTH,
-    OTHER_AUTH,
-    SOURCE,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    running,
-    wait_until,
-)
+from tests.support.api import ApiServer, serving
+from tests.support.intake import count, document, expect_problem, nothing_stored, wait_until
+from tests.support.keys import AUTH, OTHER_AUTH, SOURCE
+from tests.support.settings import make_settings
+from tests.support.sims import SimServer
 
 JSON = {"Content-Type": "application/json"}
 
@@ -30,10 +23,10 @@ def _body(reference: str = "I-1", **overrides: object) -> bytes:
 
 
 async def test_same_key_same_body_replays_the_first_answer(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_body()) as first:
             first_body = await first.read()
             assert first.status == 202
@@ -55,9 +48,9 @@ async def test_same_key_same_body_replays_the_first_answer(
     assert key["expires_at"] > key["created_at"]
 
 
-async def test_same_key_different_body_is_422(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_same_key_different_body_is_422(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_body("I-1")) as response:
             assert response.status == 202
         for other in (_body("I-2"), _body("I-1", priority="urgent")):
@@ -69,10 +62,10 @@ async def test_same_key_different_body_is_422(oms: RunningOms, db: asyncpg.Conne
 
 
 async def test_same_key_from_another_source_system_is_independent(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     key = {"Idempotency-Key": "shared-key"}
-    async with aiohttp.ClientSession(oms.url, headers={**JSON, **key}) as http:
+    async with aiohttp.ClientSession(api.url, headers={**JSON, **key}) as http:
         async with http.post("/v1/documents", data=_body(), headers=AUTH) as response:
             assert response.status == 202
             ours = await response.json()
@@ -87,11 +80,11 @@ async def test_same_key_from_another_source_system_is_independent(
 
 
 async def test_rejected_request_does_not_take_the_key(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     """A 422 is not remembered: the corrected request under the same key is accepted."""
     headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_body(brand="nosuchbrand")) as response:
             await expect_problem(response, 422, "unknown-reference", "/brand")
         await nothing_stored(db)
@@ -102,9 +95,9 @@ async def test_rejected_request_does_not_take_the_key(
 
 
 async def test_duplicate_client_reference_under_a_new_key_releases_the_key(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers={**AUTH, **JSON}) as http:
+    async with aiohttp.ClientSession(api.url, headers={**AUTH, **JSON}) as http:
         async with http.post("/v1/documents", data=_body()) as response:
             assert response.status == 202
             first = await response.json()
@@ -118,10 +111,10 @@ async def test_duplicate_client_reference_under_a_new_key_releases_the_key(
 
 
 async def test_replay_needs_no_reference_data(
-    oms: RunningOms, db: asyncpg.Connection, refdata_server: SimServer
+    api: ApiServer, db: asyncpg.Connection, refdata_server: SimServer
 ) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_body()) as response:
             assert response.status == 202
             first = await response.read()
@@ -139,18 +132,18 @@ async def test_replay_needs_no_reference_data(
     ids=["empty", "blank", "space", "256", "tab"],
 )
 async def test_invalid_idempotency_key_is_400(
-    oms: RunningOms, db: asyncpg.Connection, key: str
+    api: ApiServer, db: asyncpg.Connection, key: str
 ) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": key}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_body()) as response:
             await expect_problem(response, 400, "invalid-header")
     await nothing_stored(db)
 
 
-async def test_longest_idempotency_key_is_accepted(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_longest_idempotency_key_is_accepted(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, **JSON, "Idempotency-Key": "k" * 255}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         for replayed in (False, True):
             async with http.post("/v1/documents", data=_body()) as response:
                 assert response.status == 202
@@ -163,7 +156,7 @@ async def test_replay_while_the_first_is_in_flight_is_409(
 ) -> None:
     """The first request hangs on a cold Reference Data cache; its twin is told to retry."""
     settings = make_settings(database_dsn, refdata_server.url, refdata={"timeout_s": 3.0})
-    async with running(settings) as oms, aiohttp.ClientSession() as sim:
+    async with serving(settings) as api, aiohttp.ClientSession() as sim:
         async with sim.post(f"{refdata_server.url}/_sim/faults", json={"mode": "hang"}) as r:
             assert r.status == 200
 
@@ -172,7 +165,7 @@ async def test_replay_while_the_first_is_in_flight_is_409(
                 return sum((await r.json())["calls"].values()) > 0
 
         headers = {**AUTH, **JSON, "Idempotency-Key": "key-1"}
-        async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+        async with aiohttp.ClientSession(api.url, headers=headers) as http:
 
             async def post() -> tuple[int, bytes]:
                 async with http.post("/v1/documents", data=_body()) as response:

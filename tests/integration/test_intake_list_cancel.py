@@ -10,15 +10,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import RunningOms
-from tests.integration.intake_support import (
-    AUTH,
-    OTHER_AUTH,
-    count,
-    document,
-    expect_problem,
-    submit,
-)
+from tests.support.api import ApiServer
+from tests.support.intake import count, document, expect_problem, submit
+from tests.support.keys import AUTH, OTHER_AUTH
 
 # --- listing ----------------------------------------------------------------------------------
 
@@ -34,8 +28,8 @@ async def _submit_many(http: aiohttp.ClientSession, n: int, prefix: str = "L") -
     return [await submit(http, document(f"{prefix}-{i}")) for i in range(n)]
 
 
-async def test_cursor_pages_visit_each_document_once_newest_first(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_cursor_pages_visit_each_document_once_newest_first(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         created = await _submit_many(http, 7)
         await submit(http, document("THEIRS"), OTHER_AUTH)
 
@@ -54,8 +48,8 @@ async def test_cursor_pages_visit_each_document_once_newest_first(oms: RunningOm
     assert seen == [c["id"] for c in reversed(created)]
 
 
-async def test_exact_multiple_of_limit_ends_with_null_cursor(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_exact_multiple_of_limit_ends_with_null_cursor(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         created = await _submit_many(http, 4)
         first = await _list(http, limit="2")
         second = await _list(http, limit="2", cursor=first["next_cursor"])
@@ -66,8 +60,8 @@ async def test_exact_multiple_of_limit_ends_with_null_cursor(oms: RunningOms) ->
     ]
 
 
-async def test_list_items_carry_status_and_links(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_list_items_carry_status_and_links(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("L-1", priority="urgent"))
         page = await _list(http)
     assert page["next_cursor"] is None
@@ -79,8 +73,8 @@ async def test_list_items_carry_status_and_links(oms: RunningOms) -> None:
     assert item["links"] == accepted["links"]
 
 
-async def test_listing_shows_only_the_callers_documents(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url) as http:
+async def test_listing_shows_only_the_callers_documents(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url) as http:
         ours = await submit(http, document("MINE"), AUTH)
         theirs = await submit(http, document("YOURS"), OTHER_AUTH)
         async with http.get("/v1/documents", headers=AUTH) as response:
@@ -96,8 +90,8 @@ async def test_listing_shows_only_the_callers_documents(oms: RunningOms) -> None
     assert filtered == {"items": [], "next_cursor": None}
 
 
-async def test_filter_by_status(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_filter_by_status(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         created = await _submit_many(http, 4)
         for c in created[:2]:
             async with http.post(c["links"]["cancel"]) as response:
@@ -111,8 +105,8 @@ async def test_filter_by_status(oms: RunningOms) -> None:
     assert submitted["items"] == []
 
 
-async def test_filter_by_client_reference(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_filter_by_client_reference(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         created = await _submit_many(http, 3)
         page = await _list(http, client_reference="L-1")
         none = await _list(http, client_reference="L-99")
@@ -120,8 +114,8 @@ async def test_filter_by_client_reference(oms: RunningOms) -> None:
     assert none["items"] == []
 
 
-async def test_filter_by_created_after(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_filter_by_created_after(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         created = await _submit_many(http, 5)
         after = await _list(http, created_after=created[1]["created_at"])
         future = await _list(http, created_after="2999-01-01T00:00:00Z")
@@ -154,8 +148,8 @@ def _cursor(raw: bytes) -> str:
     ],
     ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items())[:40],
 )
-async def test_invalid_list_query_is_400(oms: RunningOms, params: dict[str, str]) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_invalid_list_query_is_400(api: ApiServer, params: dict[str, str]) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.get("/v1/documents", params=params) as response:
             problem = await expect_problem(response, 400, "invalid-query")
     assert problem["detail"]
@@ -171,8 +165,8 @@ async def _cancelled_events(db: asyncpg.Connection, document_id: str) -> list[as
     )
 
 
-async def test_cancel_received_document(oms: RunningOms, db: asyncpg.Connection) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_cancel_received_document(api: ApiServer, db: asyncpg.Connection) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         async with http.post(accepted["links"]["cancel"]) as response:
             assert response.status == 200
@@ -202,8 +196,8 @@ async def test_cancel_received_document(oms: RunningOms, db: asyncpg.Connection)
     assert events[0]["subject"] == accepted["id"]
 
 
-async def test_cancel_is_idempotent(oms: RunningOms, db: asyncpg.Connection) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_cancel_is_idempotent(api: ApiServer, db: asyncpg.Connection) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         for _ in range(2):
             async with http.post(accepted["links"]["cancel"]) as response:
@@ -215,9 +209,9 @@ async def test_cancel_is_idempotent(oms: RunningOms, db: asyncpg.Connection) -> 
 
 @pytest.mark.parametrize("status", ["SUBMITTED", "COMPLETED", "FAILED"])
 async def test_cancel_after_hand_over_or_final_is_409(
-    oms: RunningOms, db: asyncpg.Connection, status: str
+    api: ApiServer, db: asyncpg.Connection, status: str
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         document_id = uuid.UUID(accepted["id"])
         await db.execute("UPDATE documents SET status = $2 WHERE id = $1", document_id, status)
@@ -230,9 +224,9 @@ async def test_cancel_after_hand_over_or_final_is_409(
 
 
 async def test_cancel_while_processing_under_a_lease_is_409(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         document_id = uuid.UUID(accepted["id"])
         await db.execute(
@@ -250,9 +244,9 @@ async def test_cancel_while_processing_under_a_lease_is_409(
 
 
 async def test_cancel_while_waiting_for_a_retry_succeeds(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         document_id = uuid.UUID(accepted["id"])
         await db.execute(
@@ -274,10 +268,10 @@ async def test_cancel_while_waiting_for_a_retry_succeeds(
 
 
 async def test_cancel_while_a_submissions_outcome_is_unknown_is_409(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     """Waiting for a retry, but its last batch may be at Thunderhead: cancel must lose."""
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         accepted = await submit(http, document("C-1"))
         document_id = uuid.UUID(accepted["id"])
         batch_id = uuid.uuid4()

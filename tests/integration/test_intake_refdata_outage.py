@@ -5,15 +5,10 @@ from __future__ import annotations
 import aiohttp
 import asyncpg
 
-from tests.conftest import RunningOms, SimServer
-from tests.integration.intake_support import (
-    AUTH,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    submit,
-)
+from tests.support.api import ApiServer
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
 
 
 async def _stats(refdata_server: SimServer) -> dict[str, int]:
@@ -24,9 +19,9 @@ async def _stats(refdata_server: SimServer) -> dict[str, int]:
 
 
 async def test_warm_cache_keeps_validating_while_reference_data_is_down(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         await submit(http, document("W-1"))
         assert sum((await _stats(refdata_server)).values()) > 0  # it was asked, once warm
         await refdata_server.stop()
@@ -43,9 +38,9 @@ async def test_warm_cache_keeps_validating_while_reference_data_is_down(
 
 
 async def test_warm_cache_does_not_cover_what_was_never_fetched(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         await submit(http, document("W-1"))
         await refdata_server.stop()
         # brand globex was never looked up: nothing to serve it from
@@ -57,11 +52,11 @@ async def test_warm_cache_does_not_cover_what_was_never_fetched(
 
 
 async def test_cold_cache_with_reference_data_down_is_503_and_stores_nothing(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     await refdata_server.stop()
     headers = {**AUTH, "Idempotency-Key": "cold-1"}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", json=document("C-1")) as response:
             problem = await expect_problem(response, 503, "reference-data-unavailable")
             retry_after = response.headers["Retry-After"]
@@ -71,10 +66,10 @@ async def test_cold_cache_with_reference_data_down_is_503_and_stores_nothing(
 
 
 async def test_cold_cache_batch_is_503_and_stores_nothing(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     await refdata_server.stop()
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         items = [document("C-1"), document("C-2")]
         async with http.post("/v1/documents/batch", json={"documents": items}) as response:
             await expect_problem(response, 503, "reference-data-unavailable")
@@ -83,24 +78,24 @@ async def test_cold_cache_batch_is_503_and_stores_nothing(
 
 
 async def test_reference_data_errors_with_cold_cache_are_503(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     async with aiohttp.ClientSession() as sim:
         faults = {"mode": "error", "status": 502}
         async with sim.post(f"{refdata_server.url}/_sim/faults", json=faults) as response:
             assert response.status == 200
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=document("E-1")) as response:
             await expect_problem(response, 503, "reference-data-unavailable")
     await nothing_stored(db)
 
 
 async def test_schema_errors_need_no_reference_data(
-    oms: RunningOms, refdata_server: SimServer, db: asyncpg.Connection
+    api: ApiServer, refdata_server: SimServer, db: asyncpg.Connection
 ) -> None:
     """A request that is wrong on its face gets its 422 even while Reference Data is down."""
     await refdata_server.stop()
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         body = document("S-1", recipient={"name": "Ada"})  # email channel, no email
         async with http.post("/v1/documents", json=body) as response:
             await expect_problem(response, 422, "validation-error", "/recipient/email")

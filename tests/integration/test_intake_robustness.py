@@ -19,16 +19,10 @@ import asyncpg
 import pytest
 
 from oms.net import free_port
-from tests.conftest import RunningOms, SimServer
-from tests.integration.intake_support import (
-    AUTH,
-    count,
-    document,
-    expect_problem,
-    nothing_stored,
-    seed_keys,
-    submit,
-)
+from tests.support.api import ApiServer
+from tests.support.intake import count, document, expect_problem, nothing_stored, submit
+from tests.support.keys import AUTH, seed_keys
+from tests.support.sims import SimServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JSON = {"Content-Type": "application/json"}
@@ -137,10 +131,10 @@ async def test_batch_item_postgres_cannot_store_fails_alone(
 
 
 async def test_large_but_storable_number_is_accepted(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     headers = {**AUTH, **JSON}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", data=_with_data("N-1", b'{"n": 1e1000}')) as r:
             assert r.status == 202, await r.text()
     assert await count(db, "documents") == 1
@@ -155,10 +149,10 @@ async def test_large_but_storable_number_is_accepted(
     ids=["data", "recipient"],
 )
 async def test_nul_character_is_422(
-    oms: RunningOms, db: asyncpg.Connection, field: str, value: object
+    api: ApiServer, db: asyncpg.Connection, field: str, value: object
 ) -> None:
     """PostgreSQL's jsonb cannot hold U+0000: refused up front, naming the field."""
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=document(**{field: value})) as response:
             problem = await expect_problem(response, 422, "validation-error")
         assert problem["errors"][0]["pointer"].startswith(f"/{field}")
@@ -168,47 +162,47 @@ async def test_nul_character_is_422(
 
 @pytest.mark.parametrize("path", ["/v1/documents", "/v1/documents/batch"])
 async def test_deeply_nested_json_is_a_client_error(
-    oms: RunningOms, db: asyncpg.Connection, path: str
+    api: ApiServer, db: asyncpg.Connection, path: str
 ) -> None:
     deep = b'{"d": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     body = _with_data("D-1", deep)
     if path.endswith("batch"):
         body = b'{"documents": [' + body + b"]}"
-    async with aiohttp.ClientSession(oms.url, headers={**AUTH, **JSON}) as http:
+    async with aiohttp.ClientSession(api.url, headers={**AUTH, **JSON}) as http:
         async with http.post(path, data=body) as response:
             assert 400 <= response.status < 500, await response.text()
             assert response.content_type == "application/problem+json"
     await nothing_stored(db)
 
 
-async def test_body_that_is_not_an_object_names_no_field(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_body_that_is_not_an_object_names_no_field(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=["not", "an", "object"]) as response:
             problem = await expect_problem(response, 422, "validation-error")
     assert len(problem["errors"]) == 1
 
 
-async def test_pointer_to_the_whole_body_is_the_empty_pointer(oms: RunningOms) -> None:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
+async def test_pointer_to_the_whole_body_is_the_empty_pointer(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.post("/v1/documents", json=["not", "an", "object"]) as response:
             problem = await expect_problem(response, 422, "validation-error")
     assert problem["errors"][0]["pointer"] == ""
 
 
-async def test_empty_quoted_idempotency_key_is_400(oms: RunningOms, db: asyncpg.Connection) -> None:
+async def test_empty_quoted_idempotency_key_is_400(api: ApiServer, db: asyncpg.Connection) -> None:
     headers = {**AUTH, "Idempotency-Key": '""'}
-    async with aiohttp.ClientSession(oms.url, headers=headers) as http:
+    async with aiohttp.ClientSession(api.url, headers=headers) as http:
         async with http.post("/v1/documents", json=document()) as response:
             await expect_problem(response, 400, "invalid-header")
     await nothing_stored(db)
 
 
 async def test_quoted_idempotency_key_is_the_same_key(
-    oms: RunningOms, db: asyncpg.Connection
+    api: ApiServer, db: asyncpg.Connection
 ) -> None:
     """The IETF draft sends the key as a structured-field string: "abc" is the key abc."""
     body = json.dumps(document()).encode()
-    async with aiohttp.ClientSession(oms.url, headers={**AUTH, **JSON}) as http:
+    async with aiohttp.ClientSession(api.url, headers={**AUTH, **JSON}) as http:
         async with http.post("/v1/documents", data=body, headers={"Idempotency-Key": '"abc"'}) as r:
             assert r.status == 202
         async with http.post("/v1/documents", data=body, headers={"Idempotency-Key": "abc"}) as r:

@@ -15,9 +15,9 @@ import asyncpg
 from oms import domain, metrics
 from oms.actors.monitoring import PollJob
 from oms.actors.schedule import DueSchedule
-from tests.conftest import SimServer
-from tests.integration.intake_support import document
-from tests.support.stages import stages_with, store_unannounced, wait_for_statuses
+from tests.support.intake import document, wait_for_statuses
+from tests.support.sims import SimServer
+from tests.support.stages import stages_with, store_unannounced
 
 FAST_POLLS = {"poll_initial_s": 0.1, "poll_growth": 1.5, "poll_max_s": 0.5}
 FINAL = {"COMPLETED", "FAILED"}

@@ -10,7 +10,7 @@ import pytest
 
 from oms.http import app as http_app
 from oms.http import problems
-from tests.conftest import RunningOms
+from tests.support.api import ApiServer
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # /readyz answers 503 with its readiness report (what a probe reads), not a problem.
@@ -18,8 +18,8 @@ NOT_PROBLEMS = {("GET", "/readyz", "503")}
 
 
 @pytest.fixture
-async def spec(oms: RunningOms) -> dict[str, Any]:
-    async with aiohttp.ClientSession(oms.url) as http:
+async def spec(api: ApiServer) -> dict[str, Any]:
+    async with aiohttp.ClientSession(api.url) as http:
         async with http.get("/openapi.json") as response:
             assert response.status == 200
             assert response.content_type == "application/json"

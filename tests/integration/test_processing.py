@@ -7,61 +7,17 @@ of the whole process (intake's 503) boots OMS.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import anyio
 import asyncpg
 
 from oms import metrics
-from tests.conftest import RunningOms, SimServer
-from tests.integration.intake_support import AUTH, document, seed_keys, wait_until
-from tests.support.stages import stage_settings, stages_with, wait_for_statuses
-
-
-@asynccontextmanager
-async def oms_with(
-    database_dsn: str,
-    refdata_sim: SimServer,
-    thunderhead_sim: SimServer,
-    processing: dict[str, Any] | None = None,
-    thunderhead_settings: dict[str, Any] | None = None,
-    **sections: dict[str, Any],
-) -> AsyncIterator[RunningOms]:
-    """A whole OMS (HTTP, relay, Kafka) with the stages' fast settings."""
-    settings = stage_settings(
-        database_dsn, refdata_sim, thunderhead_sim, processing, thunderhead_settings, **sections
-    )
-    await seed_keys(database_dsn)
-    oms = RunningOms(settings)
-    await oms.start()
-    try:
-        yield oms
-    finally:
-        await oms.stop()
-
-
-async def submit_all(oms: RunningOms, bodies: list[dict[str, Any]]) -> list[uuid.UUID]:
-    async with aiohttp.ClientSession(oms.url, headers=AUTH) as http:
-
-        async def one(body: dict[str, Any]) -> uuid.UUID:
-            async with http.post("/v1/documents", json=body) as response:
-                assert response.status == 202, await response.text()
-                return uuid.UUID((await response.json())["id"])
-
-        ids: list[uuid.UUID] = []
-        async with anyio.create_task_group() as tg:
-            for body in bodies:
-                tg.start_soon(lambda b=body: _append(ids, one(b)))
-    return ids
-
-
-async def _append(into: list[uuid.UUID], value: Awaitable[uuid.UUID]) -> None:
-    into.append(await value)
-
+from tests.support.intake import document, wait_for_statuses, wait_until
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
+from tests.support.stages import stages_with
+from tests.support.whole_oms import oms_with, submit_all
 
 HANDED_OVER = {"SUBMITTED", "COMPLETED"}
 

@@ -24,7 +24,7 @@ from oms.store import batches, reconciliation
 from oms.store import processing as store
 from oms.store.journal import Topics
 from oms.thunderhead import ThunderheadClient
-from tests.conftest import SimServer
+from tests.support.sims import SimServer
 
 TOPICS = Topics.from_settings(config.EventsSettings())
 LEASE = timedelta(seconds=120)

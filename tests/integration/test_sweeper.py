@@ -20,14 +20,10 @@ from oms.actors.sweeper import Sweeper
 from oms.db.pool import create_pool
 from oms.store import journal
 from oms.thunderhead import ThunderheadClient
-from tests.conftest import SimServer
-from tests.integration.intake_support import document
-from tests.support.stages import (
-    stage_settings,
-    stages_with,
-    store_unannounced,
-    wait_for_statuses,
-)
+from tests.support.intake import document, wait_for_statuses
+from tests.support.settings import pipeline_settings
+from tests.support.sims import SimServer
+from tests.support.stages import stages_with, store_unannounced
 
 
 class Fed(msgspec.Struct):
@@ -70,7 +66,7 @@ async def test_one_pass_re_feeds_a_document_left_received(
     thunderhead_server: SimServer,
 ) -> None:
     (stuck,) = await store_unannounced(database_dsn, [document("STUCK-1")])
-    settings = stage_settings(
+    settings = pipeline_settings(
         database_dsn, refdata_server, thunderhead_server, sweeper={"received_after_s": 0}
     )
     before = recoveries("received_stale")
@@ -107,7 +103,7 @@ async def test_scheduled_mode_feeds_due_documents_and_due_jobs(
         "SELECT thunderhead_job_id FROM documents WHERE id = $1", submitted[0]
     )
     (received,) = await store_unannounced(database_dsn, [document("NEW-1")])
-    settings = stage_settings(
+    settings = pipeline_settings(
         database_dsn,
         refdata_server,
         thunderhead_server,

@@ -17,10 +17,11 @@ import aiohttp
 import anyio
 import asyncpg
 
-from tests.conftest import SimServer
-from tests.integration.intake_support import AUTH, document, wait_until
-from tests.integration.test_processing import oms_with, submit_all
-from tests.support.stages import stages_with, wait_for_statuses
+from tests.support.intake import document, wait_for_statuses, wait_until
+from tests.support.keys import AUTH
+from tests.support.sims import SimServer
+from tests.support.stages import stages_with
+from tests.support.whole_oms import oms_with, submit_all
 
 FINAL = {"COMPLETED", "FAILED"}
 QUICK_POLLS = {"poll_initial_s": 0.1, "poll_max_s": 0.3}
@@ -100,6 +101,8 @@ async def test_chaos_fails_documents_only_by_thunderheads_verdict(
             "max_attempts": 12,
             "in_flight_window_s": 1.0,
             "reconcile_interval_s": 0.2,
+            # Rounds after many failed finds are seconds apart, not the 15 s cap.
+            "wait_backoff_max_s": 1.0,
         },
         thunderhead_settings={"timeout_s": 0.5, "submit_timeout_s": 0.5},
         monitoring=QUICK_POLLS,

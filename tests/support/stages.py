@@ -30,36 +30,10 @@ from oms.intake.service import IntakeService
 from oms.refdata import RefDataClient
 from oms.store import documents, journal
 from oms.thunderhead import ThunderheadClient
-from tests.conftest import SimServer, make_settings
+from tests.support.settings import pipeline_settings
+from tests.support.sims import SimServer
 
 SOURCE_SYSTEM = "acme-policy"  # the source system of the tests' SOURCE_KEY
-
-FAST_RETRIES = {
-    "start_paused": False,
-    "backoff_base_s": 0.05,
-    "backoff_max_s": 0.2,
-    "batch_max_age_s": 0.05,
-}
-FAST_WAITS = {"wait_429_s": 0.1, "wait_500_s": 0.1, "wait_503_s": 0.1, "submit_timeout_s": 0.5}
-
-
-def stage_settings(
-    database_dsn: str,
-    refdata_sim: SimServer,
-    thunderhead_sim: SimServer,
-    processing: dict[str, Any] | None = None,
-    thunderhead_settings: dict[str, Any] | None = None,
-    **sections: dict[str, Any],
-) -> config.Settings:
-    """Processing running with fast retries and waits, against the two simulators."""
-    return make_settings(
-        database_dsn,
-        refdata_sim.url,
-        thunderhead_sim.url,
-        processing={**FAST_RETRIES, **(processing or {})},
-        thunderhead={"base_url": thunderhead_sim.url, **FAST_WAITS, **(thunderhead_settings or {})},
-        **sections,
-    )
 
 
 class RunningStages:
@@ -126,24 +100,12 @@ async def stages_with(
     thunderhead_settings: dict[str, Any] | None = None,
     **sections: dict[str, Any],
 ) -> AsyncIterator[RunningStages]:
-    """``running_stages`` with ``stage_settings``: the stages-only twin of ``oms_with``."""
-    settings = stage_settings(
+    """``running_stages`` with ``pipeline_settings``: the stages-only twin of ``oms_with``."""
+    settings = pipeline_settings(
         database_dsn, refdata_sim, thunderhead_sim, processing, thunderhead_settings, **sections
     )
     async with running_stages(settings) as stages:
         yield stages
-
-
-async def wait_for_statuses(
-    db: asyncpg.Connection, ids: list[uuid.UUID], done: set[str], timeout_s: float = 20
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """Bounded wait until every document is in one of ``done``; their rows."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            rows = await db.fetch("SELECT * FROM documents WHERE id = ANY($1::uuid[])", ids)
-            if len(rows) == len(ids) and all(r["status"] in done for r in rows):
-                return {r["id"]: r for r in rows}
-            await anyio.sleep(0.05)
 
 
 async def store_unannounced(database_dsn: str, bodies: list[dict[str, Any]]) -> list[uuid.UUID]:

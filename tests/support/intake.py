@@ -1,27 +1,19 @@
-"""Helpers shared by the intake API tests: request bodies, problem checks, row counts."""
+"""Intake requests and their checks: request bodies, problem answers, row counts, waits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import anyio
 import asyncpg
 
-from oms import config
-from oms.store import api_keys
-from tests.conftest import ADMIN_KEY, OTHER_SOURCE_KEY, SOURCE_KEY, RunningOms
-
 PROBLEM_JSON = "application/problem+json"
-SOURCE = "acme-policy"
-OTHER_SOURCE = "globex-billing"
-AUTH = {"Authorization": f"Bearer {SOURCE_KEY}"}
-OTHER_AUTH = {"Authorization": f"Bearer {OTHER_SOURCE_KEY}"}
-ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TABLES = ("documents", "document_timeline", "outbox", "idempotency_keys")
 
 
@@ -85,30 +77,6 @@ async def submit(
     return accepted
 
 
-async def seed_keys(dsn: str) -> None:
-    """The same keys the ``oms`` fixture stores, for an OMS a test starts itself."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await api_keys.upsert(conn, SOURCE_KEY, SOURCE, "source")
-        await api_keys.upsert(conn, OTHER_SOURCE_KEY, OTHER_SOURCE, "source")
-        await api_keys.upsert(conn, ADMIN_KEY, "ops", "admin")
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def running(settings: config.Settings) -> AsyncIterator[RunningOms]:
-    """An OMS with settings of the test's own, on the test database, with the test keys."""
-    assert settings.database.dsn
-    await seed_keys(settings.database.dsn)
-    oms = RunningOms(settings)
-    await oms.start()
-    try:
-        yield oms
-    finally:
-        await oms.stop()
-
-
 async def wait_until(
     condition: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "condition"
 ) -> None:
@@ -118,3 +86,15 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def wait_for_statuses(
+    db: asyncpg.Connection, ids: list[uuid.UUID], done: set[str], timeout_s: float = 20
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Bounded wait until every document is in one of ``done``; their rows."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            rows = await db.fetch("SELECT * FROM documents WHERE id = ANY($1::uuid[])", ids)
+            if len(rows) == len(ids) and all(r["status"] in done for r in rows):
+                return {r["id"]: r for r in rows}
+            await anyio.sleep(0.05)
