@@ -15,16 +15,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from aiohttp import web
 
-from oms import bus, config, domain
+from oms import config, domain, lifecycle, metrics
+from oms.actors import handoff
+from oms.actors.mailbox import PriorityMailbox
+from oms.actors.schedule import DueSchedule
 from oms.db.pool import create_pool
 from oms.http import app as http_app
 from oms.http import auth, health
+from oms.http.server import HttpServer
 from oms.intake.service import IntakeService
 from oms.intake.writer import DocumentWriter
+from oms.lifecycle import Declared, Policy
 from oms.refdata import RefDataClient
-from oms.store import documents
+from oms.store import journal
 from tests.support.keys import seed_keys
 
 
@@ -38,7 +42,7 @@ class ApiServer:
 
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
-        self.requested = bus.PriorityMailbox[domain.DocumentRequested](
+        self.requested = PriorityMailbox[domain.DocumentRequested](
             "document.requested",
             settings.processing.mailbox_capacity,
             key=lambda event: event.document_id,
@@ -66,59 +70,52 @@ class ApiServer:
         self._task = None
 
     async def _serve(self, ready: asyncio.Future[str]) -> None:
-        """Build what ``app.run`` builds for HTTP, serve until ``stop``, then close in
-        ``app.run``'s order: HTTP, the writer (queued requests are still written),
-        the Reference Data client, the pool."""
+        """Build what ``app.run`` builds for HTTP and run it with ``app.run``'s
+        lifecycle until ``stop``: HTTP drains first, then the writer (queued
+        requests are still written); then the Reference Data client and the pool."""
         settings = self.settings
-        pool = await create_pool(settings.database.dsn, settings.database)
+        db = await create_pool(settings.database.dsn, settings.database)
         try:
-            async with (
-                RefDataClient(settings.refdata) as refdata,
-                anyio.create_task_group() as tg,
-            ):
-                topics = documents.Topics(
-                    requested=settings.events.topic_requested,
-                    submitted=settings.events.topic_submitted,
-                    status=settings.events.topic_status,
-                )
-                writer = DocumentWriter(pool, topics, settings.intake)
-                await tg.start(writer.run)
-                events_mode = settings.pipeline.mode == "events"
+            async with RefDataClient(settings.refdata) as refdata:
+                topics = journal.Topics.from_settings(settings.events)
+                writer = DocumentWriter(db, topics, settings.intake)
                 intake = IntakeService(
-                    pool,
-                    writer,
-                    refdata,
-                    settings.intake,
-                    topics,
-                    self.requested if events_mode else None,
+                    db, writer, refdata, settings.intake, topics, self._handoff(settings)
                 )
                 app = http_app.make_api(
                     settings,
-                    pool,
+                    db,
                     intake,
-                    auth.Authenticator(pool, settings.intake.api_key_cache_ttl_s),
+                    auth.Authenticator(db, settings.intake.api_key_cache_ttl_s),
                     _no_readiness,
                     pools={},  # no actor pools at this level
                     poke_relay=self._poke_relay,
                 )
-                runner = web.AppRunner(
-                    app,
-                    handle_signals=False,
-                    access_log=None,
-                    shutdown_timeout=settings.server.shutdown_timeout_s,
-                )
-                await runner.setup()
-                try:
-                    site = web.TCPSite(runner, "127.0.0.1", 0)
-                    await site.start()
-                    host, port = runner.addresses[0][:2]
-                    ready.set_result(f"http://{host}:{port}")
-                    await self._stop.wait()
-                finally:
-                    await runner.cleanup()
-                    writer.close()
+                http = HttpServer(app, settings.server)
+                components = [
+                    Declared(writer, Policy.STOP, settings.server.shutdown_timeout_s),
+                    Declared(http, Policy.STOP, settings.server.shutdown_timeout_s + 1),
+                ]
+                async with anyio.create_task_group() as tg:
+                    url = await tg.start(
+                        lifecycle.run_all, components, self._stop, lambda: http.url
+                    )
+                    ready.set_result(url)
         finally:
-            await pool.close()
+            await db.close()
+
+    def _handoff(self, settings: config.Settings) -> handoff.RequestedHandoff:
+        """Events mode: into the processing mailbox (nobody drains it here)."""
+        if settings.pipeline.mode != "events":
+            return handoff.Nothing()
+        later = DueSchedule[domain.DocumentRequested](
+            "processing",
+            settings.processing.retry_schedule_max,
+            key=lambda event: event.document_id,
+            deliver=self.requested.offer,
+            size=metrics.RETRY_SCHEDULE_SIZE.labels("processing"),
+        )
+        return handoff.ToProcessing(self.requested, later)
 
     def _poke_relay(self) -> None:
         self.relay_pokes += 1
