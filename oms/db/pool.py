@@ -25,6 +25,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # The backend died mid-operation and asyncpg's protocol state is broken:
+    # "cannot switch to state …; another operation is in progress".
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -19,12 +19,15 @@ from tests.support.intake import count, document, expect_problem, nothing_stored
 from tests.support.keys import ADMIN_AUTH, AUTH, OTHER_AUTH, SOURCE
 from tests.support.whole_oms import RunningOms
 
+# A well-formed id no document has (fixed, so every test process collects the same tests).
+NO_SUCH_ID = "00000000-0000-7000-8000-000000000000"
+
 ROUTES = [
     ("POST", "/v1/documents"),
     ("POST", "/v1/documents/batch"),
     ("GET", "/v1/documents"),
-    ("GET", f"/v1/documents/{uuid.uuid4()}"),
-    ("POST", f"/v1/documents/{uuid.uuid4()}/cancel"),
+    ("GET", f"/v1/documents/{NO_SUCH_ID}"),
+    ("POST", f"/v1/documents/{NO_SUCH_ID}/cancel"),
 ]
 
 
@@ -407,7 +410,7 @@ async def test_client_reference_is_unique_per_source_system_only(
 # --- reading ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("document_id", [str(uuid.uuid4()), "not-a-uuid", "12345"])
+@pytest.mark.parametrize("document_id", [NO_SUCH_ID, "not-a-uuid", "12345"])
 async def test_unknown_or_malformed_id_is_404(api: ApiServer, document_id: str) -> None:
     async with aiohttp.ClientSession(api.url, headers=AUTH) as http:
         async with http.get(f"/v1/documents/{document_id}") as response:
@@ -427,8 +430,8 @@ async def test_unknown_path_is_404_problem(api: ApiServer) -> None:
     [
         ("DELETE", "/v1/documents"),
         ("PUT", "/v1/documents"),
-        ("DELETE", f"/v1/documents/{uuid.uuid4()}"),
-        ("GET", f"/v1/documents/{uuid.uuid4()}/cancel"),
+        ("DELETE", f"/v1/documents/{NO_SUCH_ID}"),
+        ("GET", f"/v1/documents/{NO_SUCH_ID}/cancel"),
         ("POST", "/healthz"),
     ],
 )

@@ -173,7 +173,7 @@ async def test_accept_then_hang_is_adopted_for_the_whole_batch_with_one_find(
         database_dsn,
         refdata_server,
         thunderhead_server,
-        processing={"batch_max_documents": 20, "batch_max_age_s": 0.5},
+        processing={"batch_max_documents": 20, "batch_max_age_s": 10.0},  # one batch, by size
         monitoring=QUICK_POLLS,
     ) as stages:
         ids = await stages.submit_all([document(f"A-{n}") for n in range(20)])
