@@ -103,7 +103,7 @@ async def run_all(
         await stopping.wait()
         with anyio.CancelScope(shield=True):
             for entry in reversed(running):
-                await _stop(entry)
+                await _stop(entry, died)
         tg.cancel_scope.cancel()  # the stop forwarder
     if died:
         raise exceptions.ComponentDied(", ".join(died))
@@ -117,8 +117,9 @@ class _Readiness:
         self.ready = False
 
     def started(self, value: None = None) -> None:
-        self.ready = True
-        self._outer.started(value)
+        if not self.ready:  # a restarted component says it again: nobody waits now
+            self.ready = True
+            self._outer.started(value)
 
 
 async def _supervise(
@@ -134,6 +135,7 @@ async def _supervise(
     try:
         with entry.scope:
             while True:
+                started_at = anyio.current_time()
                 try:
                     await component.run(task_status=readiness)
                     failure = "returned"
@@ -143,6 +145,8 @@ async def _supervise(
                     logger.exception("component failed", extra={"component": component.name})
                     failure = f"{type(exc).__name__}: {exc}"
                 if stopping.is_set():
+                    if failure != "returned" and entry.declared.policy is Policy.STOP:
+                        died.append(component.name)  # failed while draining: exit non-zero
                     return
                 metrics.COMPONENT_DEATHS.labels(component.name).inc()
                 if entry.declared.policy is Policy.STOP:
@@ -153,6 +157,8 @@ async def _supervise(
                     died.append(component.name)
                     stopping.set()
                     return
+                if anyio.current_time() - started_at > _RESTART_MAX_S:
+                    restarts = 0  # it had been running fine: a new failure, not a loop
                 delay = jittered_backoff(_RESTART_BASE_S, restarts, _RESTART_MAX_S)
                 restarts += 1
                 logger.warning(
@@ -164,7 +170,7 @@ async def _supervise(
         entry.ended.set()
 
 
-async def _stop(entry: _Running) -> None:
+async def _stop(entry: _Running, died: list[str]) -> None:
     declared = entry.declared
     name = declared.component.name
     if not entry.ended.is_set():
@@ -173,6 +179,8 @@ async def _stop(entry: _Running) -> None:
                 await declared.component.drain()
             except Exception:
                 logger.exception("component failed to drain", extra={"component": name})
+                if declared.policy is Policy.STOP:
+                    died.append(name)  # work in hand may be unfinished: exit non-zero
         if deadline.cancelled_caught:
             logger.warning(
                 "component did not drain in time; cancelling it", extra={"component": name}

@@ -186,7 +186,13 @@ class OutboxRelay(Component):
         metrics.RELAY_LEADER.set(1)
         logger.info("outbox relay is the leader")
         next_backlog = 0.0
-        while not self._stop_requested:
+        last_round = False
+        while not last_round:
+            # Stopping still gets one round: it publishes what the stages wrote while
+            # they drained (unless Kafka is failing: then the next start does).
+            last_round = self._stop_requested
+            if last_round and self._kafka_failures:
+                break
             if time.monotonic() >= next_backlog:
                 await self._refresh_backlog(conn)
                 next_backlog = time.monotonic() + _BACKLOG_REFRESH_S
@@ -194,8 +200,6 @@ class OutboxRelay(Component):
                 await self._sleep(self._backoff(self._kafka_failures))
                 continue
             self._wake = anyio.Event()  # a poke from now on ends the idle wait below
-            if self._stop_requested:
-                break  # stop() came while connecting: its poke went to the old event
             rows = await outbox.fetch_due(conn, self._settings.batch_size, _now())
             if rows:
                 result = await self._publish(rows)
@@ -208,10 +212,13 @@ class OutboxRelay(Component):
                 self._kafka_ok()
                 if len(rows) == self._settings.batch_size:
                     continue  # more are waiting
-            elif not self._healthy or time.monotonic() - self._last_contact > _IDLE_PROBE_S:
+            elif not last_round and (
+                not self._healthy or time.monotonic() - self._last_contact > _IDLE_PROBE_S
+            ):
                 await self._probe()  # nothing to send: say whether Kafka is there anyway
-            with anyio.move_on_after(self._settings.idle_poll_s):
-                await self._wake.wait()
+            if not self._stop_requested:  # (a stop's poke may have gone to the old event)
+                with anyio.move_on_after(self._settings.idle_poll_s):
+                    await self._wake.wait()
 
     async def _connect(self) -> bool:
         """A fresh, started producer (embedded: after creating the topics), or False."""

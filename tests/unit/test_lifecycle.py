@@ -20,11 +20,13 @@ class Recorded(lifecycle.Component):
         *,
         dies_after_s: float | None = None,
         drain_hangs: bool = False,
+        drain_breaks: bool = False,
     ) -> None:
         self.name = name
         self._log = log
         self._dies_after_s = dies_after_s
         self._drain_hangs = drain_hangs
+        self._drain_breaks = drain_breaks
         self.runs = 0
         self.third_run = anyio.Event()
 
@@ -34,6 +36,7 @@ class Recorded(lifecycle.Component):
             self.third_run.set()
         self._log.append(f"start {self.name}")
         task_status.started()
+        self._log.append(f"ready {self.name}")  # past started(): the component works
         try:
             if self._dies_after_s is not None:
                 await anyio.sleep(self._dies_after_s)
@@ -47,6 +50,8 @@ class Recorded(lifecycle.Component):
         self._log.append(f"drain {self.name}")
         if self._drain_hangs:
             await anyio.sleep_forever()
+        if self._drain_breaks:
+            raise RuntimeError(f"{self.name} broke while draining")
 
 
 async def test_components_start_in_order_and_drain_in_reverse() -> None:
@@ -58,9 +63,11 @@ async def test_components_start_in_order_and_drain_in_reverse() -> None:
             lifecycle.run_all, [Declared(p, Policy.STOP, 1.0) for p in parts], stop, lambda: "up"
         )
         assert ready == "up"
-        assert log == ["start db", "start stage", "start http"]
+        assert log == [
+            f"{step} {p}" for p in ("db", "stage", "http") for step in ("start", "ready")
+        ]
         stop.set()
-    assert log[3:] == [
+    assert log[6:] == [
         "drain http",
         "cancelled http",
         "drain stage",
@@ -82,7 +89,7 @@ async def test_a_drain_that_outlives_its_deadline_is_cancelled() -> None:
             lambda: None,
             task_status=anyio.TASK_STATUS_IGNORED,
         )
-    assert log == ["start stuck", "drain stuck", "cancelled stuck"]
+    assert log == ["start stuck", "ready stuck", "drain stuck", "cancelled stuck"]
 
 
 async def test_a_dying_restart_component_is_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +110,8 @@ async def test_a_dying_restart_component_is_restarted(monkeypatch: pytest.Monkey
         assert steady.runs == 1  # the others run on undisturbed
         assert "drain stage" not in log
         stop.set()
-    assert log.count("start timer") >= 3
+    # Each run got past started() and worked: a restart is a real restart.
+    assert log.count("ready timer") >= 3
 
 
 async def test_a_dying_stop_component_stops_the_rest_and_raises_component_died() -> None:
@@ -126,3 +134,17 @@ async def test_a_dying_stop_component_stops_the_rest_and_raises_component_died()
     assert [e for e in log if e.startswith("drain")] == ["drain http", "drain pool"]
     assert "cancelled http" in log
     assert "cancelled pool" in log
+
+
+async def test_a_stop_component_that_breaks_while_draining_still_fails_the_app() -> None:
+    log: list[str] = []
+    writer = Recorded("writer", log, drain_breaks=True)
+    stop = anyio.Event()
+    stop.set()
+    with pytest.raises(exceptions.ComponentDied, match="writer"):
+        await lifecycle.run_all(
+            [Declared(writer, Policy.STOP, 1.0)],
+            stop,
+            lambda: None,
+            task_status=anyio.TASK_STATUS_IGNORED,
+        )
