@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -53,11 +54,17 @@ _encode = msgspec.json.encode
 async def insert_many(
     conn: Connection, items: Sequence[NewDocument], topics: journal.Topics
 ) -> list[InsertOutcome]:
-    """Store many requests in one transaction: rows, first timeline rows, outbox rows.
+    """Store many requests: rows, first timeline rows, outbox rows, atomically.
 
-    Each item gets its own outcome, in order; a duplicate or a reused key never
-    aborts the others.
+    Without Idempotency-Keys that is ONE statement (intake's hot path: one round
+    trip per group); with keys, the keys are claimed first in the same
+    transaction. Each item gets its own outcome, in order; a duplicate or a
+    reused key never aborts the others.
     """
+    if not any(item.idempotency is not None for item in items):
+        inserted = await _insert(conn, items, topics)
+        duplicates = await _duplicates(conn, [item for item in items if item.id not in inserted])
+        return [inserted.get(i.id) or duplicates[i.id] for i in items]
     async with conn.transaction():
         hits = await _claim_keys(conn, items)
         fresh = [item for item in items if item.id not in hits]
@@ -90,40 +97,34 @@ def _claims(items: Sequence[NewDocument]) -> dict[uuid.UUID, idempotency.Claim]:
 async def _insert(
     conn: Connection, items: Sequence[NewDocument], topics: journal.Topics
 ) -> dict[uuid.UUID, Inserted]:
-    """Rows (a client_reference already used is skipped), each inserted one's first
-    timeline row and ``document.requested`` outbox row."""
+    """Rows (a client_reference already used is skipped), and for each one inserted its
+    first timeline row and its ``document.requested`` outbox row: one statement, the
+    journal's two inserts taking only the documents the first one inserted."""
     if not items:
         return {}
-    ids = await _insert_rows(conn, items)
-    stored = [i for i in items if i.id in ids]
-    inserted = {i.id: Inserted(i.id, _requested(i)) for i in stored}
-    await journal.append_timeline(
-        conn,
-        [journal.TimelineRow(i.id, None, domain.Status.RECEIVED, at=i.created_at) for i in stored],
-        INTAKE_ACTOR,
-        _latest(stored),
-    )
-    await journal.append_outbox(
-        conn,
-        [
-            journal.OutboxEvent(inserted[i.id].requested, i.trace_id, at=i.created_at)
-            for i in stored
-        ],
-        topics,
-        _latest(stored),
-    )
-    return inserted
-
-
-def _latest(items: Sequence[NewDocument]) -> datetime:
-    return max((i.created_at for i in items), default=datetime.min)
-
-
-async def _insert_rows(conn: Connection, items: Sequence[NewDocument]) -> set[uuid.UUID]:
-    """The documents rows, RECEIVED; the ids actually inserted."""
+    at = max(i.created_at for i in items)
+    requested = {i.id: _requested(i) for i in items}
+    timeline = [
+        journal.TimelineRow(i.id, None, domain.Status.RECEIVED, at=i.created_at) for i in items
+    ]
+    events = [journal.OutboxEvent(requested[i.id], i.trace_id, at=i.created_at) for i in items]
     rows = await conn.fetch(
-        """INSERT INTO documents (id, source_system, client_reference, status, priority,
-               document_type, channel, language, brand, recipient, data, trace_id,
+        f"""WITH inserted AS ({_INSERT_DOCUMENTS}),
+                 timeline AS ({journal.timeline_insert(13)}
+                              WHERE u.document_id IN (SELECT id FROM inserted)),
+                 events AS ({journal.outbox_insert(19)}
+                            WHERE u.document_id IN (SELECT id FROM inserted))
+            SELECT id FROM inserted""",
+        *_document_args(items),
+        *journal.timeline_args(timeline, INTAKE_ACTOR, at),
+        *journal.outbox_args(events, topics, at),
+    )
+    return {r["id"]: Inserted(r["id"], requested[r["id"]]) for r in rows}
+
+
+# The documents rows, RECEIVED, with parameters $1..$12 (``_document_args``).
+_INSERT_DOCUMENTS = """INSERT INTO documents (id, source_system, client_reference, status,
+               priority, document_type, channel, language, brand, recipient, data, trace_id,
                created_at, updated_at)
            SELECT id, source_system, client_reference, 'RECEIVED', priority, document_type,
                   channel, language, brand, recipient, data, trace_id, created_at, created_at
@@ -133,7 +134,11 @@ async def _insert_rows(conn: Connection, items: Sequence[NewDocument]) -> set[uu
                 AS u(id, source_system, client_reference, priority, document_type, channel,
                      language, brand, recipient, data, trace_id, created_at)
            ON CONFLICT (source_system, client_reference) DO NOTHING
-           RETURNING id""",
+           RETURNING id"""
+
+
+def _document_args(items: Sequence[NewDocument]) -> list[Any]:
+    return [
         [i.id for i in items],
         [i.source_system for i in items],
         [i.request.client_reference for i in items],
@@ -146,8 +151,7 @@ async def _insert_rows(conn: Connection, items: Sequence[NewDocument]) -> set[uu
         [bytes(i.request.data) for i in items],
         [i.trace_id for i in items],
         [i.created_at for i in items],
-    )
-    return {r["id"] for r in rows}
+    ]
 
 
 async def _duplicates(

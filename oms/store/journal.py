@@ -1,9 +1,11 @@
 """What every state change writes beside itself: timeline rows and outbox rows.
 
-Every timeline row is written by ``append_timeline`` and every outbox row by
-``append_outbox``, whoever changes the state (intake, processing, monitoring,
-reconciliation, cancel). Both take many rows in one statement, so a group of
-documents changing state costs one round trip each, inside the caller's
+Every timeline row is written by one statement (``timeline_insert``) and every
+outbox row by another (``outbox_insert``), whoever changes the state (intake,
+processing, monitoring, reconciliation, cancel): through ``append_timeline`` and
+``append_outbox``, or, where one round trip matters (intake's group commit),
+as parts of the caller's own statement. Both take many rows at once, so a group
+of documents changing state costs one round trip each, inside the caller's
 transaction.
 
 An outbox row names its Kafka topic itself: ``Topics`` routes each event type
@@ -71,39 +73,52 @@ class OutboxEvent(msgspec.Struct, frozen=True):
     at: datetime | None = None  # None: the time of the whole write
 
 
-async def append_timeline(
-    conn: Connection, rows: Sequence[TimelineRow], actor: str, at: datetime
-) -> None:
-    if not rows:
-        return
-    await conn.execute(
-        """INSERT INTO document_timeline (document_id, at, actor, from_status, to_status, detail)
-           SELECT document_id, at, $1, from_status, to_status, detail
-           FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::jsonb[])
-                AS u(document_id, at, from_status, to_status, detail)""",
+def timeline_insert(first: int = 1) -> str:
+    """The one statement that writes timeline rows, its parameters numbered from ``first``
+    (so a caller can make it part of a larger statement; see ``timeline_args``)."""
+    p = [f"${n}" for n in range(first, first + 6)]
+    return f"""INSERT INTO document_timeline
+               (document_id, at, actor, from_status, to_status, detail)
+           SELECT document_id, at, {p[0]}, from_status, to_status, detail
+           FROM unnest({p[1]}::uuid[], {p[2]}::timestamptz[], {p[3]}::text[], {p[4]}::text[],
+                       {p[5]}::jsonb[])
+                AS u(document_id, at, from_status, to_status, detail)"""
+
+
+def timeline_args(rows: Sequence[TimelineRow], actor: str, at: datetime) -> list[Any]:
+    return [
         actor,
         [r.document_id for r in rows],
         [r.at or at for r in rows],
         [r.from_status.value if r.from_status else None for r in rows],
         [r.to_status.value for r in rows],
         [_encode(r.detail) if r.detail is not None else None for r in rows],
-    )
+    ]
 
 
-async def append_outbox(
-    conn: Connection, events: Sequence[OutboxEvent], topics: Topics, at: datetime
+async def append_timeline(
+    conn: Connection, rows: Sequence[TimelineRow], actor: str, at: datetime
 ) -> None:
-    """One row per event: its type from its tag, its topic from ``topics``, keyed by document."""
-    if not events:
-        return
-    await conn.execute(
-        """INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
+    if rows:
+        await conn.execute(timeline_insert(), *timeline_args(rows, actor, at))
+
+
+def outbox_insert(first: int = 1) -> str:
+    """The one statement that writes outbox rows, its parameters numbered from ``first``
+    (see ``outbox_args``)."""
+    p = [f"${n}" for n in range(first, first + 7)]
+    return f"""INSERT INTO outbox (event_id, topic, message_key, event_type, subject, payload,
                trace_id, created_at)
            SELECT event_id, topic, document_id::text, event_type, document_id::text, payload,
                   trace_id, created_at
-           FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[], $6::text[],
-                       $7::timestamptz[])
-                AS u(event_id, topic, document_id, event_type, payload, trace_id, created_at)""",
+           FROM unnest({p[0]}::uuid[], {p[1]}::text[], {p[2]}::uuid[], {p[3]}::text[],
+                       {p[4]}::jsonb[], {p[5]}::text[], {p[6]}::timestamptz[])
+                AS u(event_id, topic, document_id, event_type, payload, trace_id, created_at)"""
+
+
+def outbox_args(events: Sequence[OutboxEvent], topics: Topics, at: datetime) -> list[Any]:
+    """One row per event: its type from its tag, its topic from ``topics``, keyed by document."""
+    return [
         [domain.uuid7() for _ in events],
         [topics.topic_for(e.event) for e in events],
         [e.event.document_id for e in events],
@@ -111,7 +126,14 @@ async def append_outbox(
         [_encode(e.event) for e in events],
         [e.trace_id for e in events],
         [e.at or at for e in events],
-    )
+    ]
+
+
+async def append_outbox(
+    conn: Connection, events: Sequence[OutboxEvent], topics: Topics, at: datetime
+) -> None:
+    if events:
+        await conn.execute(outbox_insert(), *outbox_args(events, topics, at))
 
 
 def failed_event(row: asyncpg.Record, error: domain.DocumentError) -> OutboxEvent:

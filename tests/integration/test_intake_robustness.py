@@ -61,6 +61,8 @@ async def oms_process(
         "OMS_DATABASE__POOL_MAX_SIZE": "4",
         "OMS_REFDATA__BASE_URL": refdata_server.url,
         "OMS_SERVER__PORT": str(port),
+        # Its own broker port: never 9092, which another test process may hold.
+        "OMS_KAFKA__EMBEDDED_PORT": str(free_port()),
         "OMS_SERVER__SHUTDOWN_TIMEOUT_S": "1",
         "OMS_LOGGING__LEVEL": "WARNING",
     }
