@@ -121,6 +121,10 @@ class PayloadTooLarge(OmsError):
     """The request body is larger than this endpoint accepts."""
 
 
+class MalformedBody(OmsError):
+    """The request body could not be read as sent (its Content-Encoding does not decode)."""
+
+
 class UnsupportedMediaType(OmsError):
     """The request body must be application/json."""
 

@@ -30,6 +30,7 @@ class Pausable(Protocol):
 
 POOLS = web.AppKey("pools", dict)
 POKE_RELAY = web.AppKey("poke_relay", Callable)  # type: ignore[type-abstract]
+_MAX_ID = 2**63 - 1  # outbox ids are PostgreSQL bigints
 
 
 class PoolState(msgspec.Struct, frozen=True):
@@ -88,6 +89,8 @@ async def dead_events(request: web.Request) -> web.Response:
         raise exceptions.InvalidQuery("limit and after must be integers") from exc
     if not 1 <= limit <= 500:
         raise exceptions.InvalidQuery("limit must be between 1 and 500")
+    if after is not None and not 0 <= after <= _MAX_ID:
+        raise exceptions.InvalidQuery(f"after must be between 0 and {_MAX_ID}")
     async with request.app[intake.DB].acquire() as conn:
         rows = await outbox.list_dead(conn, limit + 1, after)
     page = rows[:limit]
@@ -105,6 +108,8 @@ async def republish(request: web.Request) -> web.Response:
         outbox_id = int(request.match_info["outbox_id"])
     except ValueError as exc:
         raise exceptions.DocumentNotFound("no such dead event") from exc
+    if not 1 <= outbox_id <= _MAX_ID:  # a bigint identity: nothing else can exist
+        raise exceptions.DocumentNotFound("no such dead event")
     async with request.app[intake.DB].acquire() as conn:
         found = await outbox.republish(conn, outbox_id)
     if not found:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 import uuid
+import zlib
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -50,19 +51,50 @@ def trace_id(request: web.Request) -> str:
 
 
 async def read_json_body(request: web.Request, limit: int) -> bytes:
+    """The body, decoded from its Content-Encoding, at most ``limit`` bytes decoded."""
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise exceptions.UnsupportedMediaType()
+    decoder = _content_decoder(request)
     if request.content_length is not None and request.content_length > limit:
         raise exceptions.PayloadTooLarge(f"the body may be at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise exceptions.PayloadTooLarge(f"the body may be at most {limit} bytes")
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.readany():
+            if decoder is not None:
+                # At most what is left plus one byte: a small bomb cannot get past the limit.
+                chunk = decoder.decompress(chunk, limit - size + 1)
+            size += len(chunk)
+            if size > limit:
+                raise exceptions.PayloadTooLarge(f"the body may be at most {limit} bytes")
+            chunks.append(chunk)
+        if decoder is not None and not decoder.eof:
+            raise zlib.error("the compressed stream is incomplete")
+    except zlib.error as exc:
+        raise exceptions.MalformedBody(
+            f"the body does not decode as Content-Encoding {_encodings(request)}: {exc}"
+        ) from exc
     return b"".join(chunks)
+
+
+def _encodings(request: web.Request) -> str:
+    return request.headers.get("Content-Encoding", "identity")
+
+
+def _content_decoder(request: web.Request) -> zlib._Decompress | None:
+    """The decoder for the body's Content-Encoding (RFC 9110 §8.4.1), or None for
+    identity; any other coding, or several, is 415 before anything is read."""
+    codings = [c.strip().lower() for c in _encodings(request).split(",") if c.strip()]
+    if not codings or codings == ["identity"]:
+        return None
+    if codings in (["gzip"], ["x-gzip"]):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if codings == ["deflate"]:
+        return zlib.decompressobj(zlib.MAX_WBITS)  # the zlib format, as RFC 9110 says
+    raise exceptions.UnsupportedMediaType(
+        f"Content-Encoding {_encodings(request)!r} is not supported: send identity, gzip or deflate"
+    )
 
 
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw) -> T:
@@ -205,20 +237,37 @@ def encode_cursor(cursor: documents.Cursor) -> str:
 
 def decode_cursor(text: str) -> documents.Cursor:
     try:
-        return _cursor_decoder.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        cursor = _cursor_decoder.decode(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return msgspec.structs.replace(cursor, created_at=_in_utc(cursor.created_at))
+    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError) as exc:
         raise exceptions.InvalidQuery("cursor is not one this API issued") from exc
 
 
-def _query_time(request: web.Request, name: str) -> datetime | None:
+def query_text(request: web.Request, name: str) -> str | None:
+    """A query parameter as text PostgreSQL can hold (no NUL character), or None."""
     value = request.query.get(name)
+    if value is not None and "\x00" in value:
+        raise exceptions.InvalidQuery(f"{name} must not contain a NUL character")
+    return value
+
+
+def _query_time(request: web.Request, name: str) -> datetime | None:
+    value = query_text(request, name)
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise exceptions.InvalidQuery(f"{name} must be an ISO 8601 date-time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return _in_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    except (ValueError, OverflowError) as exc:
+        raise exceptions.InvalidQuery(
+            f"{name} must be an ISO 8601 date-time between years 1 and 9999 in UTC"
+        ) from exc
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """The same instant in UTC; OverflowError past year 1 or 9999 (e.g. 9999-12-31T23:59-23:59),
+    which PostgreSQL's driver would otherwise meet as a 500."""
+    return moment.astimezone(UTC)
 
 
 async def list_documents(request: web.Request) -> web.Response:
@@ -226,7 +275,8 @@ async def list_documents(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS].intake
     query = request.query
     try:
-        status = domain.Status(query["status"]) if "status" in query else None
+        status_text = query_text(request, "status")
+        status = domain.Status(status_text) if status_text is not None else None
     except ValueError as exc:
         raise exceptions.InvalidQuery(
             f"status must be one of {', '.join(s.value for s in domain.Status)}"
@@ -240,11 +290,12 @@ async def list_documents(request: web.Request) -> web.Response:
     where = documents.ListFilter(
         source_system=principal.source_system,
         status=status,
-        client_reference=query.get("client_reference"),
+        client_reference=query_text(request, "client_reference"),
         created_after=_query_time(request, "created_after"),
         created_before=_query_time(request, "created_before"),
     )
-    after = decode_cursor(query["cursor"]) if "cursor" in query else None
+    cursor = query_text(request, "cursor")
+    after = decode_cursor(cursor) if cursor is not None else None
     async with request.app[DB].acquire() as conn:
         page, next_cursor = await documents.list_page(conn, where, after, limit)
     items = [msgspec.structs.replace(d, links=intake_service.links(d.id)) for d in page]

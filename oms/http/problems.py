@@ -133,6 +133,7 @@ _PLAIN: dict[type[exceptions.OmsError], ProblemType] = {
     exceptions.Forbidden: FORBIDDEN,
     exceptions.PayloadTooLarge: TOO_LARGE,
     exceptions.UnsupportedMediaType: UNSUPPORTED_MEDIA,
+    exceptions.MalformedBody: MALFORMED,
     exceptions.InvalidHeader: BAD_HEADER,
     exceptions.InvalidQuery: BAD_QUERY,
     exceptions.DocumentNotFound: NOT_FOUND,

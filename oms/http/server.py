@@ -23,6 +23,9 @@ class HttpServer(Component):
             handle_signals=False,
             access_log=None,
             shutdown_timeout=settings.shutdown_timeout_s,
+            # Bodies are decoded by OMS (``http.intake.read_json_body``): bounded, and a
+            # coding it does not take is a problem+json 415, not aiohttp's text/plain 400.
+            auto_decompress=False,
         )
         self._settings = settings
         self._cleaned_up = False
