@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from oms import app, config, exceptions, logs
+from oms.db.pool import redacted
 
 
 async def main(settings: config.Settings) -> None:
@@ -33,7 +34,8 @@ async def main(settings: config.Settings) -> None:
 
 
 def _print_banner(started: app.Started) -> None:
-    lines = [f"OMS is listening on {started.base_url}", f"  database:       {started.dsn}"]
+    database = redacted(started.dsn)  # never a password on screen or in a log
+    lines = [f"OMS is listening on {started.base_url}", f"  database:       {database}"]
     lines.append(f"  reference data: {started.refdata_url}")
     lines.append(f"  thunderhead:    {started.thunderhead_url}")
     lines.append(f"  kafka:          {started.kafka_bootstrap}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import asyncpg.pool
@@ -62,3 +64,20 @@ async def create_pool(dsn: str, settings: config.DatabaseSettings) -> asyncpg.Po
     )
     assert pool is not None
     return pool
+
+
+def redacted(dsn: str) -> str:
+    """The DSN as it may be shown (banner, logs): any password replaced by ``***``.
+
+    Handles ``postgresql://user:secret@host/db`` and the ``password=`` parameter
+    (``?password=secret`` or ``host=... password=secret``).
+    """
+    parts = urlsplit(dsn)
+    if parts.scheme and parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        dsn = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _PASSWORD_PARAMETER.sub(r"\1***", dsn)
+
+
+_PASSWORD_PARAMETER = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -52,6 +53,14 @@ async def oms_process(
     database_dsn: str, refdata_server: SimServer, tmp_path: Path
 ) -> AsyncIterator[OmsProcess]:
     """``python run.py`` on the test database: a crash takes down only this process."""
+    async with run_py(database_dsn, refdata_server, tmp_path) as running:
+        yield running
+
+
+@asynccontextmanager
+async def run_py(
+    database_dsn: str, refdata_server: SimServer, tmp_path: Path
+) -> AsyncIterator[OmsProcess]:
     await seed_keys(database_dsn)
     port = free_port()
     env = {
@@ -211,3 +220,20 @@ async def test_quoted_idempotency_key_is_the_same_key(
             assert r.status == 202
             assert r.headers["Idempotent-Replayed"] == "true"
     assert await db.fetchval("SELECT idempotency_key FROM idempotency_keys") == "abc"
+
+
+async def test_the_database_password_is_never_shown(
+    database_dsn: str, refdata_server: SimServer, tmp_path: Path
+) -> None:
+    """Issue 8, item 11: the banner and the logs show the DSN without its password."""
+    secret = "Top-Secret-0815"
+    # The embedded server trusts loopback connections: any password is accepted.
+    with_password = database_dsn.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in with_password
+    async with run_py(with_password, refdata_server, tmp_path) as running:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{running.url}/readyz") as response:
+                assert response.status == 200
+    output = running.log.read_text()
+    assert "postgres:***@" in output  # the banner names the database, redacted
+    assert secret not in output
