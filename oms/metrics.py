@@ -57,6 +57,11 @@ POOL_PAUSED = Gauge("oms_pool_paused", "1 while a pool is paused.", ["pool"])
 ACTOR_RESTARTS = Counter(
     "oms_actor_restarts_total", "Actors replaced after their handler raised.", ["pool"]
 )
+LOG_LINES_SUPPRESSED = Counter(
+    "oms_log_lines_suppressed_total",
+    "Log lines not written because the same kind of line repeated too often, by logger.",
+    ["logger"],
+)
 COMPONENT_DEATHS = Counter(
     "oms_component_deaths_total",
     "Long-running components that ended while OMS ran (restarted or stopping OMS).",

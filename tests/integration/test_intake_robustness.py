@@ -237,3 +237,27 @@ async def test_the_database_password_is_never_shown(
     output = running.log.read_text()
     assert "postgres:***@" in output  # the banner names the database, redacted
     assert secret not in output
+
+
+async def test_an_outage_answers_every_request_but_floods_no_log(
+    database_dsn: str, refdata_server: SimServer, tmp_path: Path
+) -> None:
+    """Issue 8, item 10: with Reference Data down every POST is a 503, and the log
+    keeps a burst of each kind of line instead of one line per request."""
+    requests = 200
+    async with run_py(database_dsn, refdata_server, tmp_path) as running:
+        await refdata_server.stop()  # down, for real: its port refuses connections
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(headers={**AUTH, **JSON}, timeout=timeout) as http:
+
+            async def one(n: int) -> int:
+                body = json.dumps(document(f"FLOOD-{n}")).encode()
+                async with http.post(f"{running.url}/v1/documents", data=body) as response:
+                    return response.status
+
+            statuses = await asyncio.gather(*(one(n) for n in range(requests)))
+    assert statuses == [503] * requests  # every request answered, none stored
+    lines = running.log.read_text().splitlines()
+    failed = [line for line in lines if "request failed" in line]
+    assert 1 <= len(failed) <= 10, len(failed)  # one burst, not one line per request
+    assert len(lines) < 60, lines[-5:]
