@@ -123,6 +123,13 @@ async def test_the_pipeline_survives_a_database_restart_mid_run(
             "max_redeliveries": 100,
             "backoff_base_s": 0.05,
             "backoff_max_s": 0.5,
+            # OMS's own waits (the database down) and reconciliation rounds capped as the
+            # other fault tests cap them: with the 60 s default a document may sit out
+            # the test's whole minute; a batch whose outcome the outage hid is decided
+            # once its in-flight window closes.
+            "wait_backoff_max_s": 1.0,
+            "in_flight_window_s": 3.0,
+            "reconcile_interval_s": 0.2,
         },
         monitoring={"poll_initial_s": 0.1, "poll_max_s": 0.5},
         sweeper={"interval_s": 0.5, "received_after_s": 1.0, "submitted_unpolled_after_s": 1.0},
