@@ -90,7 +90,11 @@ class DocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     data: Annotated[
         msgspec.Raw,
         Meta(
-            description="The template's data: a JSON object, size-capped",
+            description=(
+                "The template's data: a JSON object, size-capped (intake.max_data_bytes). "
+                "PostgreSQL stores it as jsonb, so no string in it may hold \\u0000 "
+                "and numbers must fit jsonb's numeric: such data is refused with 422."
+            ),
             extra_json_schema={"type": "object"},
         ),
     ] = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))

@@ -354,7 +354,13 @@ ROUTES = [
         headers=(
             QueryParam(
                 "Idempotency-Key",
-                {"type": "string", "maxLength": 255},
+                # Within what _IDEMPOTENCY_KEY accepts: 1 to 255 visible ASCII characters
+                # but the double quote, optionally quoted as a whole (RFC 8941 string).
+                {
+                    "type": "string",
+                    "maxLength": 255,
+                    "pattern": '^(?:"[!#-~]{1,253}"|[!#-~]{1,255})$',
+                },
                 "Replays answer the first request's response for 24 hours (configurable).",
             ),
         ),

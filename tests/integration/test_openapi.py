@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,6 +167,12 @@ async def test_idempotency_key_header_is_documented(spec: dict[str, Any]) -> Non
     parameters = spec["paths"]["/v1/documents"]["post"]["parameters"]
     headers = {p["name"]: p for p in parameters if p["in"] == "header"}
     assert headers["Idempotency-Key"]["schema"]["maxLength"] == 255
+    # Issue 8, item 13: the document says what the server takes (visible ASCII, no ").
+    pattern = re.compile(headers["Idempotency-Key"]["schema"]["pattern"])
+    assert pattern.match("order-42")
+    assert pattern.match('"order-42"')
+    assert not pattern.match("with space")
+    assert not pattern.match("caf\u00e9")
 
 
 async def test_list_query_parameters_are_documented(spec: dict[str, Any]) -> None:
