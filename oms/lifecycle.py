@@ -15,6 +15,7 @@ whole app, which then drains as for an ordinary stop and raises
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 from collections.abc import Callable, Sequence
@@ -31,14 +32,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Component:
-    """The shape every long-running part of OMS has (subclass and override)."""
+class Component(abc.ABC):
+    """The shape every long-running part of OMS has (subclass it)."""
 
     name: str = "component"
 
+    @abc.abstractmethod
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start, call ``task_status.started()`` when ready, then work until cancelled."""
-        raise NotImplementedError  # pragma: no cover - every component defines it
 
     async def drain(self) -> None:
         """Take no new work and finish what is in hand; the runner bounds it.
@@ -46,6 +47,7 @@ class Component:
         The default is for components that hold no work of their own (timers,
         scans): stopping simply cancels them.
         """
+        return None
 
 
 class Policy(enum.Enum):

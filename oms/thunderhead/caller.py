@@ -239,17 +239,11 @@ class Caller(httpclient.HttpClient[_Open]):
     ) -> Reply:
         """One HTTP request under both limits; transport failures raised as Transient."""
         slots = self._open().slots
-        try:
+        with outcomes.refusals(endpoint):
             self._limiter.check()  # refuse at once rather than queue for a slot
-        except exceptions.ThunderheadTransient as exc:
-            outcomes.refused(endpoint, exc)
-            raise
         async with slots:
-            try:
+            with outcomes.refusals(endpoint):
                 await self._limiter.acquire()
-            except exceptions.ThunderheadTransient as exc:
-                outcomes.refused(endpoint, exc)
-                raise
             return await self._send(endpoint, method, url, unsafe, context, request)
 
     async def _send(

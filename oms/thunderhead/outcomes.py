@@ -26,8 +26,10 @@ transaction data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from oms import exceptions, httpclient
@@ -141,7 +143,12 @@ def failed(
     return error
 
 
-def refused(endpoint: str, error: exceptions.ThunderheadTransient) -> None:
-    """Count a call the limiter refused because Thunderhead asked OMS to wait."""
-    metrics.CALLS.labels(endpoint, "paused").inc()
-    log.debug("Thunderhead call not sent: %s", error, extra={"endpoint": endpoint})
+@contextlib.contextmanager
+def refusals(endpoint: str) -> Iterator[None]:
+    """Count a call the limiter refuses (Thunderhead asked OMS to wait), and re-raise."""
+    try:
+        yield
+    except exceptions.ThunderheadTransient as error:
+        metrics.CALLS.labels(endpoint, "paused").inc()
+        log.debug("Thunderhead call not sent: %s", error, extra={"endpoint": endpoint})
+        raise

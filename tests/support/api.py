@@ -30,17 +30,17 @@ from oms.lifecycle import Declared, Policy
 from oms.refdata import RefDataClient
 from oms.store import journal
 from tests.support.keys import seed_keys
+from tests.support.own_task import OwnTask
 
 
-class ApiServer:
+class ApiServer(OwnTask[str]):
     """The API served on a loopback port, with the runner options ``app.run`` uses.
 
-    Everything runs in one task of its own, as in ``RunningOms``: the Reference
-    Data client and the writer hold task groups, which must be left in the task
-    that entered them (a fixture's setup and teardown run in different tasks).
+    Everything runs in one task of its own (``OwnTask``), as in ``RunningOms``.
     """
 
     def __init__(self, settings: config.Settings) -> None:
+        super().__init__()
         self.settings = settings
         self.requested = PriorityMailbox[domain.DocumentRequested](
             "document.requested",
@@ -49,25 +49,9 @@ class ApiServer:
         )
         self.relay_pokes = 0
         self.url = ""
-        self._stop = anyio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._serve(ready))
-        done, _ = await asyncio.wait(
-            {self._task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self._task in done:
-            self._task.result()  # re-raise the start-up error
-        self.url = ready.result()
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._stop.set()
-        await asyncio.wait_for(self._task, timeout=60)
-        self._task = None
+        self.url = await self._start(self._serve)
 
     async def _serve(self, ready: asyncio.Future[str]) -> None:
         """Build what ``app.run`` builds for HTTP and run it with ``app.run``'s

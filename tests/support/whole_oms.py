@@ -17,18 +17,18 @@ import anyio
 
 from oms import app, config
 from tests.support.keys import AUTH, seed_keys
+from tests.support.own_task import OwnTask
 from tests.support.settings import pipeline_settings
 from tests.support.sims import SimServer
 
 
-class RunningOms:
+class RunningOms(OwnTask[app.Started]):
     """A whole OMS (``app.run``) serving on a loopback port, in a task of its own."""
 
     def __init__(self, settings: config.Settings) -> None:
+        super().__init__()
         self.settings = settings
         self.started: app.Started | None = None
-        self._stop = anyio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -36,27 +36,11 @@ class RunningOms:
         return self.started.base_url
 
     async def start(self) -> None:
-        ready: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
+        self.started = await self._start(self._serve)
 
-        async def main() -> None:
-            async with anyio.create_task_group() as tg:
-                started = await tg.start(app.run, self.settings, self._stop)
-                ready.set_result(started)
-
-        self._task = asyncio.create_task(main())
-        done, _ = await asyncio.wait(
-            {self._task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self._task in done:
-            self._task.result()  # re-raise the start-up error
-        self.started = ready.result()
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._stop.set()
-        await asyncio.wait_for(self._task, timeout=60)
-        self._task = None
+    async def _serve(self, ready: asyncio.Future[app.Started]) -> None:
+        async with anyio.create_task_group() as tg:
+            ready.set_result(await tg.start(app.run, self.settings, self._stop))
 
 
 @asynccontextmanager
